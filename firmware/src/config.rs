@@ -1,0 +1,383 @@
+//! The one TOML configuration file: types, defaults and validation.
+//!
+//! Parsing is strict (`deny_unknown_fields`): a misspelt key is an error, not a
+//! silently ignored setting. [`Config::validate`] is pure (no IO) and runs
+//! before any port binds, so `spineagent check-config` and `spineagent serve`
+//! reject exactly the same files.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The documented default configuration, compiled in so that `serve` runs on a
+/// fresh machine without any file.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/spineagent.toml");
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("config: {key}: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub dicom: DicomConfig,
+    pub limits: LimitsConfig,
+    pub spool: SpoolConfig,
+    pub assembly: AssemblyConfig,
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Directory the file was read from; relative paths in the file resolve
+    /// against it. Not a key of the file.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// The DICOM node: who we are and who may talk to us.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DicomConfig {
+    /// Our AE title; associations calling another title are refused
+    /// ("called AE title not recognized").
+    pub ae_title: String,
+    /// TCP address the SCP listens on.
+    pub listen: SocketAddr,
+    /// Calling AE titles allowed to associate. Empty = accept any.
+    #[serde(default)]
+    pub allowed_calling_ae_titles: Vec<String>,
+    /// Largest P-DATA PDU we accept (bytes). Offered to the peer in
+    /// negotiation; PDUs above it abort the association.
+    pub max_pdu_bytes: u32,
+}
+
+/// Fixed resource limits. Together they bound the receiver's memory:
+/// at most `max_associations` instances are in flight (one per association,
+/// no asynchronous operations window), each buffered at most one PDU in memory
+/// while its data set streams to a temporary file of at most
+/// `max_instance_bytes`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Concurrent associations; one more is refused with "local limit exceeded".
+    pub max_associations: usize,
+    /// Seconds a read (the next PDU) may take before the association is
+    /// aborted, so a hung peer never holds a slot forever.
+    pub read_timeout_seconds: u64,
+    /// Seconds a write may take before the association is aborted.
+    pub write_timeout_seconds: u64,
+    /// Largest data set accepted in one C-STORE; bigger ones get 0xA700.
+    pub max_instance_bytes: u64,
+    /// Largest DIMSE command set (they are a few hundred bytes in practice).
+    pub max_command_bytes: usize,
+    /// Depth of the queue from the receiver to the assembler. When full, the
+    /// receiver waits before acknowledging, which slows the sender.
+    pub assembler_queue_depth: usize,
+    /// Depth of the queue of series/study events to the analysis stages.
+    pub event_queue_depth: usize,
+    /// Seconds SIGTERM waits for in-flight instances before exiting.
+    pub shutdown_grace_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Where received instances are kept (relative paths resolve against the
+    /// config file's directory).
+    pub dir: PathBuf,
+    /// Filesystem usage (percent) above which new associations are refused
+    /// and C-STORE answers 0xA700 Out of Resources.
+    pub disk_high_watermark_percent: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssemblyConfig {
+    /// A series is complete after this many seconds without a new instance
+    /// (or earlier, when its expected instance count is known and reached).
+    pub series_idle_seconds: f64,
+    /// A study is complete when all its series are and no instance arrived for
+    /// this many seconds.
+    pub study_idle_seconds: f64,
+    /// Series classification rules; empty = the built-in table
+    /// (`config/series_rules.toml` compiled in).
+    #[serde(default)]
+    pub rules_file: Option<PathBuf>,
+    /// Slice normals within this many degrees of an axis get that axis's
+    /// plane; beyond it the plane is "oblique". Spine axials are angled along
+    /// each disc (up to ~30 degrees), hence the generous default.
+    pub oblique_threshold_degrees: f64,
+    /// Series with fewer slices are skipped (too few for the models).
+    pub min_slices: usize,
+    /// Analyze series whose region the tags do not state (no BodyPartExamined
+    /// and no region in the descriptions). Off by default: a knee sent here by
+    /// mistake must not be reported as a spine.
+    #[serde(default)]
+    pub accept_unknown_region: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the HTTP endpoint serving /metrics, /healthz and /readyz.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log shippers.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `spineagent=debug`. `RUST_LOG` wins.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_string()
+}
+
+impl Config {
+    /// The built-in defaults (the documented `config/spineagent.toml`), with
+    /// relative paths resolved against the working directory.
+    pub fn builtin() -> Result<Config, ConfigError> {
+        Self::from_toml_str(
+            DEFAULT_CONFIG_TOML,
+            Path::new("<built-in>"),
+            PathBuf::from("."),
+        )
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Self::from_toml_str(&text, path, base)
+    }
+
+    pub fn from_toml_str(
+        text: &str,
+        origin: &Path,
+        base_dir: PathBuf,
+    ) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: origin.to_owned(),
+            source,
+        })?;
+        config.base_dir = base_dir;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value; pure, no IO.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_ae_title("dicom.ae_title", &self.dicom.ae_title)?;
+        for ae in &self.dicom.allowed_calling_ae_titles {
+            validate_ae_title("dicom.allowed_calling_ae_titles", ae)?;
+        }
+        // PS3.8: the smallest max PDU a node may announce is 4096 bytes; we
+        // cap at 1 MiB because one PDU is the unit we hold in memory.
+        if !(4096..=1 << 20).contains(&self.dicom.max_pdu_bytes) {
+            return Err(invalid(
+                "dicom.max_pdu_bytes",
+                "must be between 4096 and 1048576",
+            ));
+        }
+        let l = &self.limits;
+        positive("limits.max_associations", l.max_associations as u64)?;
+        positive("limits.read_timeout_seconds", l.read_timeout_seconds)?;
+        positive("limits.write_timeout_seconds", l.write_timeout_seconds)?;
+        positive(
+            "limits.assembler_queue_depth",
+            l.assembler_queue_depth as u64,
+        )?;
+        positive("limits.event_queue_depth", l.event_queue_depth as u64)?;
+        if l.max_instance_bytes < 1024 {
+            return Err(invalid(
+                "limits.max_instance_bytes",
+                "must be at least 1024",
+            ));
+        }
+        if !(256..=1 << 20).contains(&l.max_command_bytes) {
+            return Err(invalid(
+                "limits.max_command_bytes",
+                "must be between 256 and 1048576",
+            ));
+        }
+        if self.spool.dir.as_os_str().is_empty() {
+            return Err(invalid("spool.dir", "must not be empty"));
+        }
+        let wm = self.spool.disk_high_watermark_percent;
+        if !(wm > 0.0 && wm <= 100.0) {
+            return Err(invalid(
+                "spool.disk_high_watermark_percent",
+                "must be in (0, 100]",
+            ));
+        }
+        let a = &self.assembly;
+        if !(a.series_idle_seconds > 0.0 && a.series_idle_seconds.is_finite()) {
+            return Err(invalid(
+                "assembly.series_idle_seconds",
+                "must be a positive number",
+            ));
+        }
+        if !(a.study_idle_seconds >= a.series_idle_seconds && a.study_idle_seconds.is_finite()) {
+            return Err(invalid(
+                "assembly.study_idle_seconds",
+                "must be a number at least assembly.series_idle_seconds",
+            ));
+        }
+        if !(a.oblique_threshold_degrees > 0.0 && a.oblique_threshold_degrees < 45.0) {
+            return Err(invalid(
+                "assembly.oblique_threshold_degrees",
+                "must be in (0, 45)",
+            ));
+        }
+        positive("assembly.min_slices", a.min_slices as u64)?;
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid("log.level", e.to_string()));
+        }
+        Ok(())
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.base_dir.join(&self.spool.dir)
+    }
+
+    pub fn rules_file(&self) -> Option<PathBuf> {
+        self.assembly
+            .rules_file
+            .as_ref()
+            .map(|p| self.base_dir.join(p))
+    }
+
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.read_timeout_seconds)
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.write_timeout_seconds)
+    }
+}
+
+fn positive(key: &'static str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(invalid(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+/// PS3.5: an AE title is 1-16 characters of the default repertoire, no
+/// backslash or control characters, not all spaces.
+pub fn validate_ae_title(key: &'static str, ae: &str) -> Result<(), ConfigError> {
+    let trimmed = ae.trim();
+    if trimmed.is_empty() || ae.len() > 16 {
+        return Err(invalid(
+            key,
+            format!("AE title {ae:?} must be 1 to 16 characters"),
+        ));
+    }
+    if ae
+        .chars()
+        .any(|c| !c.is_ascii() || c.is_ascii_control() || c == '\\')
+    {
+        return Err(invalid(
+            key,
+            format!("AE title {ae:?} may hold only printable ASCII without backslash"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_defaults_are_valid() {
+        let c = Config::builtin().unwrap();
+        assert_eq!(c.dicom.ae_title, "SPINEAGENT");
+        assert!(c.limits.max_associations > 0);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let text = DEFAULT_CONFIG_TOML.replace("[spool]", "[spool]\nfsync_off = true");
+        let err = Config::from_toml_str(&text, Path::new("t.toml"), ".".into()).unwrap_err();
+        assert!(err.to_string().contains("fsync_off"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let text = DEFAULT_CONFIG_TOML.replace(
+            "ae_title = \"SPINEAGENT\"",
+            "ae_title = \"THIS TITLE IS FAR TOO LONG\"",
+        );
+        let err = Config::from_toml_str(&text, Path::new("t.toml"), ".".into()).unwrap_err();
+        assert!(err.to_string().contains("dicom.ae_title"), "{err}");
+
+        let text = DEFAULT_CONFIG_TOML.replace(
+            "disk_high_watermark_percent = 90.0",
+            "disk_high_watermark_percent = 190.0",
+        );
+        let err = Config::from_toml_str(&text, Path::new("t.toml"), ".".into()).unwrap_err();
+        assert!(
+            err.to_string().contains("disk_high_watermark_percent"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, DEFAULT_CONFIG_TOML).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert!(c.spool_dir().starts_with(dir.path()));
+    }
+}

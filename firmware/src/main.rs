@@ -1,0 +1,239 @@
+//! The `spineagent` command: flags and glue only; the work is in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use spineagent::assemble::AssemblyEvent;
+use spineagent::config::{Config, LogFormat};
+use spineagent::scu::{self, Destination, ScuOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "spineagent",
+    version,
+    about = "Spine MRI appliance: DICOM receiver, study assembly, analysis"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (DICOM SCP, assembly, metrics endpoint).
+    Serve {
+        /// Configuration file; without it the built-in defaults
+        /// (config/spineagent.toml) apply.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override [dicom].listen's port.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Override [spool].dir.
+        #[arg(long)]
+        spool: Option<PathBuf>,
+        /// Override [metrics].listen.
+        #[arg(long)]
+        metrics_addr: Option<SocketAddr>,
+    },
+    /// Validate a configuration file and its rule table; start nothing.
+    CheckConfig { file: PathBuf },
+    /// C-STORE files (directories are walked) to a remote AE.
+    Send {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Destination as AET@HOST:PORT.
+        #[arg(long)]
+        to: Destination,
+        /// Our (calling) AE title.
+        #[arg(long, default_value = "SPINEAGENT")]
+        aet: String,
+        /// Largest PDU we receive.
+        #[arg(long, default_value_t = 131072)]
+        max_pdu: u32,
+    },
+    /// C-ECHO a remote AE.
+    Echo {
+        /// AET@HOST:PORT.
+        to: Destination,
+        #[arg(long, default_value = "SPINEAGENT")]
+        aet: String,
+    },
+}
+
+fn init_logging(format: &LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Serve {
+            config,
+            port,
+            spool,
+            metrics_addr,
+        } => {
+            let mut cfg = match &config {
+                Some(path) => Config::load(path)?,
+                None => Config::builtin()?,
+            };
+            if let Some(port) = port {
+                cfg.dicom.listen.set_port(port);
+            }
+            if let Some(spool) = spool {
+                // An override given on the command line is relative to the working directory.
+                cfg.spool.dir = std::path::absolute(spool)?;
+            }
+            if let Some(addr) = metrics_addr {
+                cfg.metrics.listen = addr;
+            }
+            cfg.validate()?;
+            init_logging(&cfg.log.format, &cfg.log.level);
+            serve(cfg).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { file } => {
+            let cfg = Config::load(&file)?;
+            if let Some(rules) = cfg.rules_file() {
+                spineagent::assemble::classify::Rules::load(&rules)?;
+            }
+            println!("{}: ok", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Send {
+            paths,
+            to,
+            aet,
+            max_pdu,
+        } => {
+            let files = scu::collect_files(&paths).context("listing files")?;
+            if files.is_empty() {
+                bail!("no files to send");
+            }
+            let opts = ScuOptions {
+                calling_ae_title: aet,
+                max_pdu_bytes: max_pdu,
+                ..Default::default()
+            };
+            let started = std::time::Instant::now();
+            let results = scu::store_files(&to, &opts, &files).await?;
+            let failed: Vec<_> = results.iter().filter(|r| !r.stored()).collect();
+            for r in &failed {
+                eprintln!(
+                    "{}: status {:#06X} {}",
+                    r.path.display(),
+                    r.status,
+                    r.error_comment.as_deref().unwrap_or("")
+                );
+            }
+            println!(
+                "sent {} of {} instances to {} in {:.2} s",
+                results.len() - failed.len(),
+                results.len(),
+                to.address,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(if failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+        Command::Echo { to, aet } => {
+            let opts = ScuOptions {
+                calling_ae_title: aet,
+                ..Default::default()
+            };
+            let status = scu::echo(&to, &opts).await?;
+            println!("C-ECHO {}: status {status:#06X}", to.address);
+            Ok(if status == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+    }
+}
+
+async fn serve(cfg: Config) -> Result<()> {
+    let (daemon, mut events) = spineagent::daemon::Daemon::bind(cfg).await?;
+    tracing::info!(dicom = %daemon.dicom_addr(), metrics = %daemon.ops_addr(), "spineagent listening");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested");
+        let _ = stop_tx.send(true);
+    });
+    // Until the analysis stages exist, events are reported here; they are
+    // persisted as manifests in the spool either way.
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            if let AssemblyEvent::StudyComplete(study) = event {
+                for s in &study.series {
+                    tracing::info!(
+                        study = %study.study_instance_uid,
+                        series_number = ?s.series_number,
+                        family = s.class.family.as_str(),
+                        plane = s.class.plane.map(|p| p.as_str()).unwrap_or("none"),
+                        region = s.class.region.as_str(),
+                        slices = s.slice_count(),
+                        skipped = s.class.skip_reason.map(|r| r.as_str()).unwrap_or("no"),
+                        "study series"
+                    );
+                }
+            }
+        }
+    });
+    daemon.run(stop_rx).await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

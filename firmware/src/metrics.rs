@@ -1,0 +1,230 @@
+//! Every metric the daemon exports, in one place, with Prometheus names
+//! (`spineagent_` prefix, `_total` counters, `_seconds`, `_bytes`).
+//! Labels come from bounded sets (reasons, queue names), never UIDs.
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub associations_active: IntGauge,
+    pub associations_total: IntCounter,
+    pub associations_refused_total: IntCounterVec,
+    pub associations_aborted_total: IntCounterVec,
+    pub echo_total: IntCounter,
+    pub instances_received_total: IntCounter,
+    pub instances_duplicate_total: IntCounter,
+    pub received_bytes_total: IntCounter,
+    pub store_failures_total: IntCounterVec,
+    pub instance_store_seconds: Histogram,
+    pub spool_filesystem_used_ratio: Gauge,
+    pub spool_filesystem_available_bytes: IntGauge,
+    pub spool_instances_bytes: IntGauge,
+    pub series_completed_total: IntCounter,
+    pub series_skipped_total: IntCounterVec,
+    pub studies_completed_total: IntCounter,
+    pub queue_depth: IntGaugeVec,
+    pub queue_capacity: IntGaugeVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let instance_store_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "spineagent_instance_store_seconds",
+                "Time from the last data PDV of an instance to its durable commit (parse, validate, fsync, rename)",
+            )
+            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(instance_store_seconds.clone()))
+            .expect("unique metric");
+        let spool_filesystem_used_ratio = Gauge::new(
+            "spineagent_spool_filesystem_used_ratio",
+            "Used fraction of the spool's filesystem",
+        )
+        .expect("valid metric");
+        r.register(Box::new(spool_filesystem_used_ratio.clone()))
+            .expect("unique metric");
+        Metrics {
+            associations_active: int_gauge(
+                &r,
+                "spineagent_associations_active",
+                "Associations currently open",
+            ),
+            associations_total: counter(
+                &r,
+                "spineagent_associations_total",
+                "Associations accepted",
+            ),
+            associations_refused_total: counter_vec(
+                &r,
+                "spineagent_associations_refused_total",
+                "Association requests refused, by reason",
+                &["reason"],
+            ),
+            associations_aborted_total: counter_vec(
+                &r,
+                "spineagent_associations_aborted_total",
+                "Associations that ended in an A-ABORT or a broken connection, by reason",
+                &["reason"],
+            ),
+            echo_total: counter(
+                &r,
+                "spineagent_echo_requests_total",
+                "C-ECHO requests answered",
+            ),
+            instances_received_total: counter(
+                &r,
+                "spineagent_instances_received_total",
+                "Instances durably stored and acknowledged with Success",
+            ),
+            instances_duplicate_total: counter(
+                &r,
+                "spineagent_instances_duplicate_total",
+                "C-STOREs of an already stored SOP Instance UID (acknowledged, earlier file kept)",
+            ),
+            received_bytes_total: counter(
+                &r,
+                "spineagent_received_bytes_total",
+                "Data set bytes of stored instances",
+            ),
+            store_failures_total: counter_vec(
+                &r,
+                "spineagent_store_failures_total",
+                "C-STOREs answered with a failure status, by reason",
+                &["reason"],
+            ),
+            instance_store_seconds,
+            spool_filesystem_used_ratio,
+            spool_filesystem_available_bytes: int_gauge(
+                &r,
+                "spineagent_spool_filesystem_available_bytes",
+                "Bytes still available on the spool's filesystem",
+            ),
+            spool_instances_bytes: int_gauge(
+                &r,
+                "spineagent_spool_instances_bytes",
+                "Bytes of instances held in the spool by studies not yet complete",
+            ),
+            series_completed_total: counter(
+                &r,
+                "spineagent_series_completed_total",
+                "Series assembled as complete",
+            ),
+            series_skipped_total: counter_vec(
+                &r,
+                "spineagent_series_skipped_total",
+                "Complete series the models cannot use, by reason",
+                &["reason"],
+            ),
+            studies_completed_total: counter(
+                &r,
+                "spineagent_studies_completed_total",
+                "Studies assembled as complete",
+            ),
+            queue_depth: gauge_vec(
+                &r,
+                "spineagent_queue_depth",
+                "Messages waiting in an internal queue",
+                &["queue"],
+            ),
+            queue_capacity: gauge_vec(
+                &r,
+                "spineagent_queue_capacity",
+                "Capacity of an internal queue",
+                &["queue"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+
+    /// Records a bounded queue's depth.
+    pub fn observe_queue<T>(&self, name: &str, sender: &tokio::sync::mpsc::Sender<T>) {
+        let cap = sender.max_capacity();
+        self.queue_capacity
+            .with_label_values(&[name])
+            .set(cap as i64);
+        self.queue_depth
+            .with_label_values(&[name])
+            .set((cap - sender.capacity()) as i64);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_conventions() {
+        let m = Metrics::new();
+        m.store_failures_total
+            .with_label_values(&["too_large"])
+            .inc();
+        m.series_skipped_total
+            .with_label_values(&["localizer"])
+            .inc();
+        m.queue_depth.with_label_values(&["assembler"]).set(0);
+        let text = m.render();
+        for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+            let mut parts = line.split_whitespace().skip(2);
+            let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+            assert!(name.starts_with("spineagent_"), "{name}");
+            if kind == "counter" {
+                assert!(name.ends_with("_total"), "{name}");
+            }
+        }
+        assert!(text.contains("spineagent_store_failures_total{reason=\"too_large\"} 1"));
+        assert!(text.contains("spineagent_instance_store_seconds_bucket"));
+    }
+}

@@ -1,0 +1,368 @@
+//! The durable spool: where received instances live.
+//!
+//! Layout under the spool root:
+//! ```text
+//! incoming/<sop>.<n>.tmp          data set streaming in (never acknowledged)
+//! studies/<study>/<series>/<sop>.dcm    acknowledged instances (Part 10 files)
+//! studies/<study>/<series>/series.json  written when the series completed
+//! studies/<study>/study.json            written when the study completed
+//! ```
+//! The acknowledgement contract: a C-STORE gets Success only after its file
+//! is fsync'd, renamed into `studies/` and the directory fsync'd
+//! ([`PendingInstance::commit`]). A crash before that leaves only a `.tmp`,
+//! which [`Spool::open`] deletes: the sender never got Success for it and
+//! will resend.
+
+mod fsutil;
+pub mod header;
+pub mod scan;
+pub mod validate;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dicom_dictionary_std::tags;
+use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+use dicom_object::OpenFileOptions;
+use dicom_object::meta::FileMetaTableBuilder;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use tokio::io::AsyncWriteExt;
+
+pub use fsutil::{DiskUsage, create_dir_durable, disk_usage, sync_dir};
+pub use header::InstanceHeader;
+pub use validate::Rejection;
+
+use crate::dimse::status;
+
+/// Identifies this implementation in the file meta of files we write.
+pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.13493611182740034146872123961892678137";
+pub const IMPLEMENTATION_VERSION_NAME: &str = concat!("SPINEAGENT_", env!("CARGO_PKG_VERSION"));
+
+pub const SERIES_MANIFEST: &str = "series.json";
+pub const STUDY_MANIFEST: &str = "study.json";
+
+#[derive(Debug)]
+struct Paths {
+    root: PathBuf,
+    incoming: PathBuf,
+    studies: PathBuf,
+}
+
+/// Handle to the spool; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    paths: Arc<Paths>,
+    max_instance_bytes: u64,
+    watermark_percent: f64,
+}
+
+/// An instance now durably in the spool.
+#[derive(Debug, Clone)]
+pub struct StoredInstance {
+    pub header: InstanceHeader,
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// The SOP Instance UID was already stored; the earlier file is kept.
+    pub duplicate: bool,
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn io_rejection(what: &str, e: std::io::Error) -> Rejection {
+    let reason = if e.raw_os_error() == Some(libc::ENOSPC) {
+        "disk_full"
+    } else {
+        "io_error"
+    };
+    Rejection::new(status::OUT_OF_RESOURCES, reason, format!("{what}: {e}"))
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool at `root` and deletes partial
+    /// files left by a crash.
+    pub fn open(
+        root: &Path,
+        max_instance_bytes: u64,
+        watermark_percent: f64,
+    ) -> std::io::Result<Spool> {
+        let paths = Paths {
+            root: root.to_owned(),
+            incoming: root.join("incoming"),
+            studies: root.join("studies"),
+        };
+        create_dir_durable(&paths.incoming)?;
+        create_dir_durable(&paths.studies)?;
+        for entry in std::fs::read_dir(&paths.incoming)? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().ends_with(".tmp") {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(Spool {
+            paths: Arc::new(paths),
+            max_instance_bytes,
+            watermark_percent,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.paths.root
+    }
+
+    pub fn studies_dir(&self) -> &Path {
+        &self.paths.studies
+    }
+
+    /// Callers pass validated UIDs only (see [`crate::uid::validate`]).
+    pub fn study_dir(&self, study_uid: &str) -> PathBuf {
+        self.paths.studies.join(study_uid)
+    }
+
+    pub fn series_dir(&self, study_uid: &str, series_uid: &str) -> PathBuf {
+        self.study_dir(study_uid).join(series_uid)
+    }
+
+    pub fn disk_usage(&self) -> std::io::Result<DiskUsage> {
+        disk_usage(&self.paths.root)
+    }
+
+    /// Whether the spool's filesystem is above the configured watermark (an
+    /// unreadable filesystem counts as full: refusing is safer than losing).
+    pub fn over_watermark(&self) -> bool {
+        self.disk_usage()
+            .map(|u| u.used_percent() > self.watermark_percent)
+            .unwrap_or(true)
+    }
+
+    /// Starts receiving one instance: a temporary file with the Part 10
+    /// preamble and file meta, ready for the data set bytes.
+    pub async fn begin(
+        &self,
+        sop_class_uid: &str,
+        sop_instance_uid: &str,
+        transfer_syntax_uid: &str,
+        calling_ae: &str,
+    ) -> Result<PendingInstance, Rejection> {
+        crate::uid::validate(sop_instance_uid).map_err(|e| {
+            Rejection::new(
+                status::CANNOT_UNDERSTAND,
+                "invalid_uid",
+                format!("SOPInstanceUID: {e}"),
+            )
+        })?;
+        if self.over_watermark() {
+            return Err(Rejection::new(
+                status::OUT_OF_RESOURCES,
+                "disk_watermark",
+                "spool disk above high watermark",
+            ));
+        }
+        let meta = FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid(sop_class_uid)
+            .media_storage_sop_instance_uid(sop_instance_uid)
+            .transfer_syntax(transfer_syntax_uid)
+            .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
+            .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
+            .source_application_entity_title(calling_ae)
+            .build()
+            .map_err(|e| {
+                Rejection::new(
+                    status::CANNOT_UNDERSTAND,
+                    "bad_meta",
+                    format!("file meta: {e}"),
+                )
+            })?;
+        let mut head = Vec::with_capacity(512);
+        head.extend_from_slice(&[0u8; 128]);
+        head.extend_from_slice(b"DICM");
+        meta.write(&mut head).map_err(|e| {
+            Rejection::new(
+                status::CANNOT_UNDERSTAND,
+                "bad_meta",
+                format!("file meta: {e}"),
+            )
+        })?;
+
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .paths
+            .incoming
+            .join(format!("{sop_instance_uid}.{}.{n}.tmp", std::process::id()));
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| io_rejection("create temporary file", e))?;
+        file.write_all(&head)
+            .await
+            .map_err(|e| io_rejection("write", e))?;
+        let encapsulated = TransferSyntaxRegistry
+            .get(transfer_syntax_uid)
+            .map(|ts| ts.is_encapsulated_pixel_data())
+            .unwrap_or(false);
+        Ok(PendingInstance {
+            spool: self.clone(),
+            file: Some(file),
+            tmp,
+            written: 0,
+            sop_class_uid: sop_class_uid.to_string(),
+            sop_instance_uid: sop_instance_uid.to_string(),
+            encapsulated,
+        })
+    }
+
+    /// Writes `bytes` to `path` with the same durability as an instance.
+    pub fn write_file_durable(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        let dir = path.parent().expect("manifest paths have a parent");
+        create_dir_durable(dir)?;
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .paths
+            .incoming
+            .join(format!("manifest.{}.{n}.tmp", std::process::id()));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        sync_dir(dir)
+    }
+}
+
+/// An instance whose data set is streaming into a temporary file.
+/// Dropping it without [`commit`](Self::commit) leaves the temporary file for
+/// [`discard`](Self::discard) or the next start-up to delete.
+#[derive(Debug)]
+pub struct PendingInstance {
+    spool: Spool,
+    file: Option<tokio::fs::File>,
+    tmp: PathBuf,
+    written: u64,
+    sop_class_uid: String,
+    sop_instance_uid: String,
+    encapsulated: bool,
+}
+
+impl PendingInstance {
+    pub fn bytes_written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends data set bytes. Fails (0xA700) once the instance exceeds the
+    /// size limit; the caller keeps draining the PDVs and answers with it.
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), Rejection> {
+        self.written += bytes.len() as u64;
+        if self.written > self.spool.max_instance_bytes {
+            return Err(Rejection::new(
+                status::OUT_OF_RESOURCES,
+                "too_large",
+                format!(
+                    "instance larger than {} bytes",
+                    self.spool.max_instance_bytes
+                ),
+            ));
+        }
+        let file = self.file.as_mut().expect("file open until commit/discard");
+        file.write_all(bytes)
+            .await
+            .map_err(|e| io_rejection("write", e))
+    }
+
+    pub async fn discard(mut self) {
+        drop(self.file.take());
+        let _ = tokio::fs::remove_file(&self.tmp).await;
+    }
+
+    /// Validates the data set, then makes it durable under its final name.
+    /// Only an `Ok` here may be acknowledged with Success.
+    pub async fn commit(mut self) -> Result<StoredInstance, Rejection> {
+        let mut file = self.file.take().expect("file open until commit/discard");
+        if let Err(e) = file.flush().await {
+            let _ = tokio::fs::remove_file(&self.tmp).await;
+            return Err(io_rejection("flush", e));
+        }
+        let file = file.into_std().await;
+        let tmp = self.tmp.clone();
+        let spool = self.spool.clone();
+        let sop_class = std::mem::take(&mut self.sop_class_uid);
+        let sop_instance = std::mem::take(&mut self.sop_instance_uid);
+        let encapsulated = self.encapsulated;
+        let written = self.written;
+        let result = tokio::task::spawn_blocking(move || {
+            commit_blocking(
+                &spool,
+                file,
+                &tmp,
+                &sop_class,
+                &sop_instance,
+                encapsulated,
+                written,
+            )
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(Rejection::new(
+                status::OUT_OF_RESOURCES,
+                "internal",
+                format!("store task failed: {e}"),
+            ))
+        });
+        if result.as_ref().map(|s| s.duplicate).unwrap_or(true) {
+            let _ = tokio::fs::remove_file(&self.tmp).await;
+        }
+        result
+    }
+}
+
+fn commit_blocking(
+    spool: &Spool,
+    file: std::fs::File,
+    tmp: &Path,
+    sop_class: &str,
+    sop_instance: &str,
+    encapsulated: bool,
+    written: u64,
+) -> Result<StoredInstance, Rejection> {
+    let obj = OpenFileOptions::new().open_file(tmp).map_err(|e| {
+        Rejection::new(
+            status::CANNOT_UNDERSTAND,
+            "unparseable",
+            format!("data set cannot be parsed: {e}"),
+        )
+    })?;
+    validate::validate(&obj, sop_class, sop_instance, encapsulated)?;
+    let header = InstanceHeader::from_object(&obj, obj.meta().transfer_syntax());
+    drop(obj);
+    let dir = spool.series_dir(&header.study_instance_uid, &header.series_instance_uid);
+    let dest = dir.join(format!("{sop_instance}.dcm"));
+    let bytes = written;
+    if dest.exists() {
+        return Ok(StoredInstance {
+            header,
+            path: dest,
+            bytes,
+            duplicate: true,
+        });
+    }
+    file.sync_all().map_err(|e| io_rejection("fsync", e))?;
+    drop(file);
+    create_dir_durable(&dir).map_err(|e| io_rejection("create series directory", e))?;
+    std::fs::rename(tmp, &dest).map_err(|e| io_rejection("rename into spool", e))?;
+    sync_dir(&dir).map_err(|e| io_rejection("fsync directory", e))?;
+    Ok(StoredInstance {
+        header,
+        path: dest,
+        bytes,
+        duplicate: false,
+    })
+}
+
+/// Reads the header of a spooled file without its pixel data.
+pub fn read_header(path: &Path) -> Result<InstanceHeader, dicom_object::ReadError> {
+    let obj = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(path)?;
+    Ok(InstanceHeader::from_object(
+        &obj,
+        obj.meta().transfer_syntax(),
+    ))
+}
