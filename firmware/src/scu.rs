@@ -110,39 +110,18 @@ fn trim(uid: &str) -> String {
     crate::uid::trim(uid).to_string()
 }
 
-fn read_meta(path: &Path) -> Result<(FileMetaTable, u64), ScuError> {
+fn read_meta(path: &Path) -> Result<FileMetaTable, ScuError> {
     let err = |reason: String| ScuError::File {
         path: path.to_owned(),
         reason,
     };
     let mut f = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
-    let mut preamble = [0u8; 132];
+    let mut preamble = [0u8; 128];
     f.read_exact(&mut preamble)
         .map_err(|e| err(e.to_string()))?;
-    if &preamble[128..] != b"DICM" {
-        return Err(err("not a DICOM Part 10 file (no DICM marker)".into()));
-    }
-    let mut reader = std::io::BufReader::new(f);
-    let mut counted = CountingReader {
-        inner: &mut reader,
-        count: 0,
-    };
-    let meta =
-        FileMetaTable::from_reader(&mut counted).map_err(|e| err(format!("file meta: {e}")))?;
-    Ok((meta, 132 + counted.count))
-}
-
-struct CountingReader<R> {
-    inner: R,
-    count: u64,
-}
-
-impl<R: Read> Read for CountingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count += n as u64;
-        Ok(n)
-    }
+    // from_reader checks the "DICM" magic itself.
+    FileMetaTable::from_reader(std::io::BufReader::new(f))
+        .map_err(|e| err(format!("not a DICOM Part 10 file: {e}")))
 }
 
 /// The data set bytes of a file, in `ts` (raw when it is the file's own).
@@ -152,15 +131,10 @@ fn data_set_bytes(o: &Outgoing, ts: &str) -> Result<Vec<u8>, ScuError> {
         reason,
     };
     if ts == o.transfer_syntax_uid {
-        let (meta, _) = read_meta(&o.path)?;
-        // FileMetaTable::from_reader may read ahead; recompute the offset
-        // from the group length, which is the authoritative size.
-        let start = 132 + 12 + meta.information_group_length as u64;
         let bytes = std::fs::read(&o.path).map_err(|e| err(e.to_string()))?;
-        return bytes
-            .get(start as usize..)
-            .map(|b| b.to_vec())
-            .ok_or_else(|| err("file shorter than its meta group".into()));
+        let start = crate::spool::structure::data_set_offset(&bytes)
+            .ok_or_else(|| err("malformed file meta group".into()))?;
+        return Ok(bytes[start..].to_vec());
     }
     let obj = dicom_object::open_file(&o.path).map_err(|e| err(e.to_string()))?;
     let target = TransferSyntaxRegistry
@@ -342,7 +316,7 @@ pub async fn store_files(
 ) -> Result<Vec<StoreResult>, ScuError> {
     let mut outgoing = Vec::with_capacity(files.len());
     for path in files {
-        let (meta, _) = read_meta(path)?;
+        let meta = read_meta(path)?;
         outgoing.push(Outgoing {
             path: path.clone(),
             sop_class_uid: trim(meta.media_storage_sop_class_uid()),

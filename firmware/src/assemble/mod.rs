@@ -60,6 +60,9 @@ struct SeriesState {
     instances: BTreeMap<String, InstanceRecord>,
     last_arrival: Instant,
     complete: bool,
+    /// ImagesInAcquisition when every instance agrees on it and it is at
+    /// least 2 (some consoles write 1 on every slice of a 2-D series).
+    expected: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -140,8 +143,12 @@ impl Assembler {
                 instances: BTreeMap::new(),
                 last_arrival: now,
                 complete: false,
+                expected: h.images_in_acquisition.filter(|n| *n >= 2),
             });
         series.last_arrival = now;
+        if series.expected.is_some() && series.expected != h.images_in_acquisition {
+            series.expected = None;
+        }
         let is_new = series
             .instances
             .insert(
@@ -224,10 +231,7 @@ impl Assembler {
         let mut due_series = Vec::new();
         for (study_uid, study) in &self.studies {
             for (series_uid, s) in &study.series {
-                let expected_reached = s
-                    .header
-                    .images_in_acquisition
-                    .is_some_and(|n| s.instances.len() >= n as usize);
+                let expected_reached = s.expected.is_some_and(|n| s.instances.len() >= n as usize);
                 if !s.complete
                     && (now >= s.last_arrival + self.settings.series_idle || expected_reached)
                 {

@@ -16,6 +16,7 @@
 mod fsutil;
 pub mod header;
 pub mod scan;
+pub mod structure;
 pub mod validate;
 
 use std::path::{Path, PathBuf};
@@ -322,13 +323,15 @@ fn commit_blocking(
     encapsulated: bool,
     written: u64,
 ) -> Result<StoredInstance, Rejection> {
-    let obj = OpenFileOptions::new().open_file(tmp).map_err(|e| {
+    let bytes = std::fs::read(tmp).map_err(|e| io_rejection("read back", e))?;
+    let obj = parse_instance(&bytes, spool.max_instance_bytes).map_err(|comment| {
         Rejection::new(
             status::CANNOT_UNDERSTAND,
             "unparseable",
-            format!("data set cannot be parsed: {e}"),
+            format!("data set cannot be parsed: {comment}"),
         )
     })?;
+    drop(bytes);
     validate::validate(&obj, sop_class, sop_instance, encapsulated)?;
     let header = InstanceHeader::from_object(&obj, obj.meta().transfer_syntax());
     drop(obj);
@@ -354,6 +357,74 @@ fn commit_blocking(
         bytes,
         duplicate: false,
     })
+}
+
+/// The transfer syntax UID written in our own file meta (we wrote it, so a
+/// plain scan for the (0002,0010) element is enough).
+fn transfer_syntax_in_meta(meta: &[u8]) -> String {
+    let Some(i) = meta.windows(4).position(|w| w == [0x02, 0x00, 0x10, 0x00]) else {
+        return String::new();
+    };
+    let Some(len) = meta
+        .get(i + 6..i + 8)
+        .map(|l| u16::from_le_bytes([l[0], l[1]]) as usize)
+    else {
+        return String::new();
+    };
+    meta.get(i + 8..i + 8 + len)
+        .map(|v| crate::uid::trim(&String::from_utf8_lossy(v)).to_string())
+        .unwrap_or_default()
+}
+
+const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
+
+/// Parses a Part 10 file held in memory: a structural walk first (bounded
+/// work whatever the input), then the full parser on the data set without
+/// any trailing zero padding.
+pub fn parse_instance(
+    bytes: &[u8],
+    max_bytes: u64,
+) -> Result<dicom_object::DefaultDicomObject, String> {
+    let start = structure::data_set_offset(bytes).ok_or("file meta unreadable")?;
+    let ts_uid = transfer_syntax_in_meta(&bytes[..start]);
+    let end = check_structure(&bytes[start..], &ts_uid, max_bytes)?;
+    OpenFileOptions::new()
+        .from_reader(&bytes[128..start + end])
+        .map_err(|e| e.to_string())
+}
+
+/// Opens a spooled instance with everything (pixel data included).
+pub fn open_instance(path: &Path) -> Result<dicom_object::DefaultDicomObject, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse_instance(&bytes, u64::MAX).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Returns the end of the meaningful data set bytes.
+fn check_structure(data_set: &[u8], ts_uid: &str, limit: u64) -> Result<usize, String> {
+    use structure::Encoding;
+    match ts_uid {
+        "1.2.840.10008.1.2" => {
+            structure::check(data_set, Encoding::ImplicitLittle).map_err(|e| e.to_string())
+        }
+        "1.2.840.10008.1.2.2" => {
+            structure::check(data_set, Encoding::ExplicitBig).map_err(|e| e.to_string())
+        }
+        DEFLATED => {
+            // Inflate with a cap, so a deflate bomb cannot balloon memory.
+            use std::io::Read;
+            let mut inflated = Vec::new();
+            flate2::read::DeflateDecoder::new(data_set)
+                .take(limit + 1)
+                .read_to_end(&mut inflated)
+                .map_err(|e| format!("deflate: {e}"))?;
+            if inflated.len() as u64 > limit {
+                return Err("inflated data set larger than the instance limit".into());
+            }
+            structure::check(&inflated, Encoding::ExplicitLittle).map_err(|e| e.to_string())?;
+            Ok(data_set.len())
+        }
+        _ => structure::check(data_set, Encoding::ExplicitLittle).map_err(|e| e.to_string()),
+    }
 }
 
 /// Reads the header of a spooled file without its pixel data.

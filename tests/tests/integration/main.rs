@@ -1,0 +1,9 @@
+//! Integration tests: the `spineagent` binary against real peers (DCMTK)
+//! and real MR files. One test binary, modules by topic.
+
+mod assembly;
+mod durability;
+mod malformed;
+mod operations;
+mod peers;
+mod transfer_syntaxes;

