@@ -18,12 +18,12 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/spineagent.toml
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config file {path} is not valid: {source}")]
+    #[error("config file {path} is not valid")]
     Parse {
         path: PathBuf,
         source: toml::de::Error,
@@ -349,7 +349,8 @@ mod tests {
     fn unknown_keys_are_errors() {
         let text = DEFAULT_CONFIG_TOML.replace("[spool]", "[spool]\nfsync_off = true");
         let err = Config::from_toml_str(&text, Path::new("t.toml"), ".".into()).unwrap_err();
-        assert!(err.to_string().contains("fsync_off"), "{err}");
+        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(chain.contains("fsync_off"), "{chain}");
     }
 
     #[test]

@@ -25,14 +25,14 @@ use crate::spool::Spool;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DaemonError {
-    #[error("cannot open spool {path}: {source}")]
+    #[error("cannot open spool {path}")]
     Spool {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
     #[error(transparent)]
     Rules(#[from] RulesError),
-    #[error("cannot listen on {addr} ({what}): {source}")]
+    #[error("cannot listen on {addr} ({what})")]
     Bind {
         what: &'static str,
         addr: SocketAddr,

@@ -29,7 +29,7 @@ pub enum ScuError {
     Address(String),
     #[error("cannot read {path}: {reason}")]
     File { path: PathBuf, reason: String },
-    #[error("association with {peer} failed: {source}")]
+    #[error("association with {peer} failed")]
     Associate {
         peer: String,
         source: dicom_ul::association::Error,

@@ -88,14 +88,14 @@ impl Region {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RulesError {
-    #[error("cannot read rules file {path}: {source}")]
+    #[error("cannot read rules file {path}")]
     Read {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
     #[error("rules are not valid TOML: {0}")]
     Parse(#[from] toml::de::Error),
-    #[error("rule {index} ({kind}): bad regex: {source}")]
+    #[error("rule {index} ({kind}): bad regex")]
     Regex {
         kind: &'static str,
         index: usize,
