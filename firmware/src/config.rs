@@ -19,15 +19,9 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/spineagent.toml
 #[non_exhaustive]
 pub enum ConfigError {
     #[error("cannot read config file {path}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path} is not valid")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    Parse { path: PathBuf, source: toml::de::Error },
     #[error("config: {key}: {problem}")]
     Invalid { key: &'static str, problem: String },
 }
@@ -91,6 +85,9 @@ pub struct LimitsConfig {
     pub max_instance_bytes: u64,
     /// Largest DIMSE command set (they are a few hundred bytes in practice).
     pub max_command_bytes: usize,
+    /// Data sets up to this size are also held in memory while they stream
+    /// to disk, so validation needs no read-back (larger ones are read back).
+    pub in_memory_instance_bytes: u64,
     /// Depth of the queue from the receiver to the assembler. When full, the
     /// receiver waits before acknowledging, which slows the sender.
     pub assembler_queue_depth: usize,
@@ -180,11 +177,7 @@ impl Config {
     /// The built-in defaults (the documented `config/spineagent.toml`), with
     /// relative paths resolved against the working directory.
     pub fn builtin() -> Result<Config, ConfigError> {
-        Self::from_toml_str(
-            DEFAULT_CONFIG_TOML,
-            Path::new("<built-in>"),
-            PathBuf::from("."),
-        )
+        Self::from_toml_str(DEFAULT_CONFIG_TOML, Path::new("<built-in>"), PathBuf::from("."))
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -200,11 +193,7 @@ impl Config {
         Self::from_toml_str(&text, path, base)
     }
 
-    pub fn from_toml_str(
-        text: &str,
-        origin: &Path,
-        base_dir: PathBuf,
-    ) -> Result<Config, ConfigError> {
+    pub fn from_toml_str(text: &str, origin: &Path, base_dir: PathBuf) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: origin.to_owned(),
             source,
@@ -223,48 +212,30 @@ impl Config {
         // PS3.8: the smallest max PDU a node may announce is 4096 bytes; we
         // cap at 1 MiB because one PDU is the unit we hold in memory.
         if !(4096..=1 << 20).contains(&self.dicom.max_pdu_bytes) {
-            return Err(invalid(
-                "dicom.max_pdu_bytes",
-                "must be between 4096 and 1048576",
-            ));
+            return Err(invalid("dicom.max_pdu_bytes", "must be between 4096 and 1048576"));
         }
         let l = &self.limits;
         positive("limits.max_associations", l.max_associations as u64)?;
         positive("limits.read_timeout_seconds", l.read_timeout_seconds)?;
         positive("limits.write_timeout_seconds", l.write_timeout_seconds)?;
-        positive(
-            "limits.assembler_queue_depth",
-            l.assembler_queue_depth as u64,
-        )?;
+        positive("limits.assembler_queue_depth", l.assembler_queue_depth as u64)?;
         positive("limits.event_queue_depth", l.event_queue_depth as u64)?;
         if l.max_instance_bytes < 1024 {
-            return Err(invalid(
-                "limits.max_instance_bytes",
-                "must be at least 1024",
-            ));
+            return Err(invalid("limits.max_instance_bytes", "must be at least 1024"));
         }
         if !(256..=1 << 20).contains(&l.max_command_bytes) {
-            return Err(invalid(
-                "limits.max_command_bytes",
-                "must be between 256 and 1048576",
-            ));
+            return Err(invalid("limits.max_command_bytes", "must be between 256 and 1048576"));
         }
         if self.spool.dir.as_os_str().is_empty() {
             return Err(invalid("spool.dir", "must not be empty"));
         }
         let wm = self.spool.disk_high_watermark_percent;
         if !(wm > 0.0 && wm <= 100.0) {
-            return Err(invalid(
-                "spool.disk_high_watermark_percent",
-                "must be in (0, 100]",
-            ));
+            return Err(invalid("spool.disk_high_watermark_percent", "must be in (0, 100]"));
         }
         let a = &self.assembly;
         if !(a.series_idle_seconds > 0.0 && a.series_idle_seconds.is_finite()) {
-            return Err(invalid(
-                "assembly.series_idle_seconds",
-                "must be a positive number",
-            ));
+            return Err(invalid("assembly.series_idle_seconds", "must be a positive number"));
         }
         if !(a.study_idle_seconds >= a.series_idle_seconds && a.study_idle_seconds.is_finite()) {
             return Err(invalid(
@@ -273,10 +244,7 @@ impl Config {
             ));
         }
         if !(a.oblique_threshold_degrees > 0.0 && a.oblique_threshold_degrees < 45.0) {
-            return Err(invalid(
-                "assembly.oblique_threshold_degrees",
-                "must be in (0, 45)",
-            ));
+            return Err(invalid("assembly.oblique_threshold_degrees", "must be in (0, 45)"));
         }
         positive("assembly.min_slices", a.min_slices as u64)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
@@ -290,10 +258,7 @@ impl Config {
     }
 
     pub fn rules_file(&self) -> Option<PathBuf> {
-        self.assembly
-            .rules_file
-            .as_ref()
-            .map(|p| self.base_dir.join(p))
+        self.assembly.rules_file.as_ref().map(|p| self.base_dir.join(p))
     }
 
     pub fn read_timeout(&self) -> Duration {
@@ -317,15 +282,9 @@ fn positive(key: &'static str, value: u64) -> Result<(), ConfigError> {
 pub fn validate_ae_title(key: &'static str, ae: &str) -> Result<(), ConfigError> {
     let trimmed = ae.trim();
     if trimmed.is_empty() || ae.len() > 16 {
-        return Err(invalid(
-            key,
-            format!("AE title {ae:?} must be 1 to 16 characters"),
-        ));
+        return Err(invalid(key, format!("AE title {ae:?} must be 1 to 16 characters")));
     }
-    if ae
-        .chars()
-        .any(|c| !c.is_ascii() || c.is_ascii_control() || c == '\\')
-    {
+    if ae.chars().any(|c| !c.is_ascii() || c.is_ascii_control() || c == '\\') {
         return Err(invalid(
             key,
             format!("AE title {ae:?} may hold only printable ASCII without backslash"),
@@ -355,10 +314,8 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let text = DEFAULT_CONFIG_TOML.replace(
-            "ae_title = \"SPINEAGENT\"",
-            "ae_title = \"THIS TITLE IS FAR TOO LONG\"",
-        );
+        let text =
+            DEFAULT_CONFIG_TOML.replace("ae_title = \"SPINEAGENT\"", "ae_title = \"THIS TITLE IS FAR TOO LONG\"");
         let err = Config::from_toml_str(&text, Path::new("t.toml"), ".".into()).unwrap_err();
         assert!(err.to_string().contains("dicom.ae_title"), "{err}");
 
@@ -367,10 +324,7 @@ mod tests {
             "disk_high_watermark_percent = 190.0",
         );
         let err = Config::from_toml_str(&text, Path::new("t.toml"), ".".into()).unwrap_err();
-        assert!(
-            err.to_string().contains("disk_high_watermark_percent"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("disk_high_watermark_percent"), "{err}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::assemble::{Assembler, AssemblyEvent, AssemblySettings};
 use crate::config::Config;
 use crate::ingest::{IngestContext, ReceiverSettings};
 use crate::metrics::Metrics;
-use crate::spool::Spool;
+use crate::spool::{Spool, SpoolLimits};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -58,14 +58,15 @@ type StoredSender = crate::spool::StoredInstance;
 impl Daemon {
     /// Opens the spool, loads the rules, binds both listeners and recovers
     /// unfinished studies. Events go to the returned receiver.
-    pub async fn bind(
-        config: Config,
-    ) -> Result<(Daemon, mpsc::Receiver<AssemblyEvent>), DaemonError> {
+    pub async fn bind(config: Config) -> Result<(Daemon, mpsc::Receiver<AssemblyEvent>), DaemonError> {
         let spool_dir = config.spool_dir();
         let spool = Spool::open(
             &spool_dir,
-            config.limits.max_instance_bytes,
-            config.spool.disk_high_watermark_percent,
+            SpoolLimits {
+                max_instance_bytes: config.limits.max_instance_bytes,
+                in_memory_instance_bytes: config.limits.in_memory_instance_bytes,
+                watermark_percent: config.spool.disk_high_watermark_percent,
+            },
         )
         .map_err(|source| DaemonError::Spool {
             path: spool_dir.clone(),
@@ -98,8 +99,7 @@ impl Daemon {
             min_slices: config.assembly.min_slices,
             accept_unknown_region: config.assembly.accept_unknown_region,
         };
-        let mut assembler =
-            Assembler::new(settings, rules, spool.clone(), metrics.clone(), events_tx);
+        let mut assembler = Assembler::new(settings, rules, spool.clone(), metrics.clone(), events_tx);
         let recovered = assembler
             .recover(tokio::time::Instant::now())
             .map_err(DaemonError::Recovery)?;
@@ -127,15 +127,11 @@ impl Daemon {
     }
 
     pub fn dicom_addr(&self) -> SocketAddr {
-        self.dicom
-            .local_addr()
-            .expect("bound listener has an address")
+        self.dicom.local_addr().expect("bound listener has an address")
     }
 
     pub fn ops_addr(&self) -> SocketAddr {
-        self.ops
-            .local_addr()
-            .expect("bound listener has an address")
+        self.ops.local_addr().expect("bound listener has an address")
     }
 
     pub fn metrics(&self) -> Arc<Metrics> {

@@ -91,11 +91,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, DimseError> {
     let obj = read_command(bytes)?;
     let command_field = get_u16(&obj, tags::COMMAND_FIELD, "CommandField (0000,0100)")?;
     let message_id = get_u16(&obj, tags::MESSAGE_ID, "MessageID (0000,0110)")?;
-    let data_set_type = get_u16(
-        &obj,
-        tags::COMMAND_DATA_SET_TYPE,
-        "CommandDataSetType (0000,0800)",
-    )?;
+    let data_set_type = get_u16(&obj, tags::COMMAND_DATA_SET_TYPE, "CommandDataSetType (0000,0800)")?;
     let affected_sop_class_uid = get_uid(&obj, tags::AFFECTED_SOP_CLASS_UID).unwrap_or_default();
     Ok(Request {
         command_field,
@@ -155,11 +151,7 @@ fn clip_comment(comment: &str) -> String {
 }
 
 /// A response to `request` with the given status.
-pub fn encode_response(
-    request: &Request,
-    status: u16,
-    error_comment: Option<&str>,
-) -> Result<Vec<u8>, DimseError> {
+pub fn encode_response(request: &Request, status: u16, error_comment: Option<&str>) -> Result<Vec<u8>, DimseError> {
     let mut elements = Vec::with_capacity(7);
     if !request.affected_sop_class_uid.is_empty() {
         elements.push(uid_element(
@@ -167,14 +159,8 @@ pub fn encode_response(
             &request.affected_sop_class_uid,
         ));
     }
-    elements.push(u16_element(
-        tags::COMMAND_FIELD,
-        request.command_field | 0x8000,
-    ));
-    elements.push(u16_element(
-        tags::MESSAGE_ID_BEING_RESPONDED_TO,
-        request.message_id,
-    ));
+    elements.push(u16_element(tags::COMMAND_FIELD, request.command_field | 0x8000));
+    elements.push(u16_element(tags::MESSAGE_ID_BEING_RESPONDED_TO, request.message_id));
     elements.push(u16_element(tags::COMMAND_DATA_SET_TYPE, NO_DATA_SET));
     elements.push(u16_element(tags::STATUS, status));
     if let Some(comment) = error_comment.filter(|_| status != status::SUCCESS) {
@@ -192,10 +178,7 @@ pub fn encode_response(
 
 pub fn encode_echo_request(message_id: u16) -> Result<Vec<u8>, DimseError> {
     encode(vec![
-        uid_element(
-            tags::AFFECTED_SOP_CLASS_UID,
-            crate::ingest::syntaxes::VERIFICATION,
-        ),
+        uid_element(tags::AFFECTED_SOP_CLASS_UID, crate::ingest::syntaxes::VERIFICATION),
         u16_element(tags::COMMAND_FIELD, command_field::C_ECHO_RQ),
         u16_element(tags::MESSAGE_ID, message_id),
         u16_element(tags::COMMAND_DATA_SET_TYPE, NO_DATA_SET),
@@ -246,10 +229,7 @@ mod tests {
     fn response_carries_status_and_clipped_comment() {
         let req = decode_request(&encode_store_request(3, "1.2.3", "1.2.3.4.5").unwrap()).unwrap();
         let long = "x".repeat(100);
-        let rsp = decode_response(
-            &encode_response(&req, status::CANNOT_UNDERSTAND, Some(&long)).unwrap(),
-        )
-        .unwrap();
+        let rsp = decode_response(&encode_response(&req, status::CANNOT_UNDERSTAND, Some(&long)).unwrap()).unwrap();
         assert_eq!(rsp.command_field, command_field::C_STORE_RSP);
         assert_eq!(rsp.message_id_responded_to, 3);
         assert_eq!(rsp.status, status::CANNOT_UNDERSTAND);

@@ -85,11 +85,7 @@ fn route(method: &str, path: &str, state: &OpsState) -> (&'static str, &'static 
         "/healthz" => ("200 OK", TEXT, "ok\n".into()),
         "/readyz" => match readiness(state) {
             Ok(()) => ("200 OK", TEXT, "ready\n".into()),
-            Err(why) => (
-                "503 Service Unavailable",
-                TEXT,
-                format!("not ready: {why}\n"),
-            ),
+            Err(why) => ("503 Service Unavailable", TEXT, format!("not ready: {why}\n")),
         },
         _ => ("404 Not Found", TEXT, "not found\n".into()),
     }
@@ -97,10 +93,7 @@ fn route(method: &str, path: &str, state: &OpsState) -> (&'static str, &'static 
 
 fn refresh_spool_gauges(state: &OpsState) {
     if let Ok(u) = state.spool.disk_usage() {
-        state
-            .metrics
-            .spool_filesystem_used_ratio
-            .set(u.used_percent() / 100.0);
+        state.metrics.spool_filesystem_used_ratio.set(u.used_percent() / 100.0);
         state
             .metrics
             .spool_filesystem_available_bytes

@@ -3,8 +3,8 @@
 //! Labels come from bounded sets (reasons, queue names), never UIDs.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -31,33 +31,25 @@ pub struct Metrics {
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("unique metric");
+    registry.register(Box::new(c.clone())).expect("unique metric");
     c
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("unique metric");
+    registry.register(Box::new(c.clone())).expect("unique metric");
     c
 }
 
 fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("unique metric");
+    registry.register(Box::new(g.clone())).expect("unique metric");
     g
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("unique metric");
+    registry.register(Box::new(g.clone())).expect("unique metric");
     g
 }
 
@@ -69,7 +61,9 @@ impl Metrics {
                 "spineagent_instance_store_seconds",
                 "Time from the last data PDV of an instance to its durable commit (parse, validate, fsync, rename)",
             )
-            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
         )
         .expect("valid metric");
         r.register(Box::new(instance_store_seconds.clone()))
@@ -82,16 +76,8 @@ impl Metrics {
         r.register(Box::new(spool_filesystem_used_ratio.clone()))
             .expect("unique metric");
         Metrics {
-            associations_active: int_gauge(
-                &r,
-                "spineagent_associations_active",
-                "Associations currently open",
-            ),
-            associations_total: counter(
-                &r,
-                "spineagent_associations_total",
-                "Associations accepted",
-            ),
+            associations_active: int_gauge(&r, "spineagent_associations_active", "Associations currently open"),
+            associations_total: counter(&r, "spineagent_associations_total", "Associations accepted"),
             associations_refused_total: counter_vec(
                 &r,
                 "spineagent_associations_refused_total",
@@ -104,11 +90,7 @@ impl Metrics {
                 "Associations that ended in an A-ABORT or a broken connection, by reason",
                 &["reason"],
             ),
-            echo_total: counter(
-                &r,
-                "spineagent_echo_requests_total",
-                "C-ECHO requests answered",
-            ),
+            echo_total: counter(&r, "spineagent_echo_requests_total", "C-ECHO requests answered"),
             instances_received_total: counter(
                 &r,
                 "spineagent_instances_received_total",
@@ -142,11 +124,7 @@ impl Metrics {
                 "spineagent_spool_instances_bytes",
                 "Bytes of instances held in the spool by studies not yet complete",
             ),
-            series_completed_total: counter(
-                &r,
-                "spineagent_series_completed_total",
-                "Series assembled as complete",
-            ),
+            series_completed_total: counter(&r, "spineagent_series_completed_total", "Series assembled as complete"),
             series_skipped_total: counter_vec(
                 &r,
                 "spineagent_series_skipped_total",
@@ -186,9 +164,7 @@ impl Metrics {
     /// Records a bounded queue's depth.
     pub fn observe_queue<T>(&self, name: &str, sender: &tokio::sync::mpsc::Sender<T>) {
         let cap = sender.max_capacity();
-        self.queue_capacity
-            .with_label_values(&[name])
-            .set(cap as i64);
+        self.queue_capacity.with_label_values(&[name]).set(cap as i64);
         self.queue_depth
             .with_label_values(&[name])
             .set((cap - sender.capacity()) as i64);
@@ -208,12 +184,8 @@ mod tests {
     #[test]
     fn names_follow_conventions() {
         let m = Metrics::new();
-        m.store_failures_total
-            .with_label_values(&["too_large"])
-            .inc();
-        m.series_skipped_total
-            .with_label_values(&["localizer"])
-            .inc();
+        m.store_failures_total.with_label_values(&["too_large"]).inc();
+        m.series_skipped_total.with_label_values(&["localizer"]).inc();
         m.queue_depth.with_label_values(&["assembler"]).set(0);
         let text = m.render();
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {

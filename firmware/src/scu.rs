@@ -36,9 +36,7 @@ pub enum ScuError {
     },
     #[error("{0}")]
     Protocol(String),
-    #[error(
-        "too many distinct SOP class / transfer syntax pairs ({0}); at most 128 presentation contexts"
-    )]
+    #[error("too many distinct SOP class / transfer syntax pairs ({0}); at most 128 presentation contexts")]
     TooManyContexts(usize),
 }
 
@@ -52,9 +50,7 @@ pub struct Destination {
 impl std::str::FromStr for Destination {
     type Err = ScuError;
     fn from_str(s: &str) -> Result<Self, ScuError> {
-        let (ae, addr) = s
-            .split_once('@')
-            .ok_or_else(|| ScuError::Address(s.into()))?;
+        let (ae, addr) = s.split_once('@').ok_or_else(|| ScuError::Address(s.into()))?;
         if ae.is_empty() || ae.len() > 16 || !addr.contains(':') {
             return Err(ScuError::Address(s.into()));
         }
@@ -117,11 +113,9 @@ fn read_meta(path: &Path) -> Result<FileMetaTable, ScuError> {
     };
     let mut f = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
     let mut preamble = [0u8; 128];
-    f.read_exact(&mut preamble)
-        .map_err(|e| err(e.to_string()))?;
+    f.read_exact(&mut preamble).map_err(|e| err(e.to_string()))?;
     // from_reader checks the "DICM" magic itself.
-    FileMetaTable::from_reader(std::io::BufReader::new(f))
-        .map_err(|e| err(format!("not a DICOM Part 10 file: {e}")))
+    FileMetaTable::from_reader(std::io::BufReader::new(f)).map_err(|e| err(format!("not a DICOM Part 10 file: {e}")))
 }
 
 /// The data set bytes of a file, in `ts` (raw when it is the file's own).
@@ -132,8 +126,8 @@ fn data_set_bytes(o: &Outgoing, ts: &str) -> Result<Vec<u8>, ScuError> {
     };
     if ts == o.transfer_syntax_uid {
         let bytes = std::fs::read(&o.path).map_err(|e| err(e.to_string()))?;
-        let start = crate::spool::structure::data_set_offset(&bytes)
-            .ok_or_else(|| err("malformed file meta group".into()))?;
+        let start =
+            crate::spool::structure::data_set_offset(&bytes).ok_or_else(|| err("malformed file meta group".into()))?;
         return Ok(bytes[start..].to_vec());
     }
     let obj = dicom_object::open_file(&o.path).map_err(|e| err(e.to_string()))?;
@@ -183,10 +177,8 @@ async fn associate(
         .write_timeout(opts.timeout)
         .connection_timeout(opts.timeout);
     for (abstract_syntax, ts) in contexts {
-        options = options.with_presentation_context(
-            Cow::Owned(abstract_syntax),
-            ts.into_iter().map(Cow::Owned).collect(),
-        );
+        options =
+            options.with_presentation_context(Cow::Owned(abstract_syntax), ts.into_iter().map(Cow::Owned).collect());
     }
     let mut assoc = options
         .establish_with_async(&dest.address)
@@ -218,11 +210,7 @@ async fn send_command(
         .map_err(|e| ScuError::Protocol(format!("send command: {e}")))
 }
 
-async fn send_data(
-    assoc: &mut AsyncClientAssociation<TcpStream>,
-    pc_id: u8,
-    data: &[u8],
-) -> Result<(), ScuError> {
+async fn send_data(assoc: &mut AsyncClientAssociation<TcpStream>, pc_id: u8, data: &[u8]) -> Result<(), ScuError> {
     // The peer's max PDU bounds the PDU's variable part: 6 bytes of PDV header each.
     let peer_max = assoc.peer_max_pdu_length();
     let chunk = if peer_max == 0 {
@@ -250,9 +238,7 @@ async fn send_data(
     Ok(())
 }
 
-async fn receive_response(
-    assoc: &mut AsyncClientAssociation<TcpStream>,
-) -> Result<dimse::Response, ScuError> {
+async fn receive_response(assoc: &mut AsyncClientAssociation<TcpStream>) -> Result<dimse::Response, ScuError> {
     let mut command = Vec::new();
     loop {
         match assoc.receive().await {
@@ -263,8 +249,7 @@ async fn receive_response(
                     }
                     command.extend_from_slice(&pdv.data);
                     if pdv.is_last {
-                        return dimse::decode_response(&command)
-                            .map_err(|e| ScuError::Protocol(e.to_string()));
+                        return dimse::decode_response(&command).map_err(|e| ScuError::Protocol(e.to_string()));
                     }
                 }
             }
@@ -284,12 +269,7 @@ async fn receive_response(
 
 /// C-ECHO; returns the status.
 pub async fn echo(dest: &Destination, opts: &ScuOptions) -> Result<u16, ScuError> {
-    let mut assoc = associate(
-        dest,
-        opts,
-        vec![(VERIFICATION.into(), vec![IMPLICIT_VR_LE.into()])],
-    )
-    .await?;
+    let mut assoc = associate(dest, opts, vec![(VERIFICATION.into(), vec![IMPLICIT_VR_LE.into()])]).await?;
     let pc_id = assoc
         .presentation_contexts()
         .iter()
@@ -361,26 +341,22 @@ pub async fn store_files(
             .iter()
             .find(|(_, a, t)| *a == o.sop_class_uid && *t == o.transfer_syntax_uid);
         let fallback = || {
-            accepted.iter().find(|(_, a, t)| {
-                *a == o.sop_class_uid && is_native(&o.transfer_syntax_uid) && is_native(t)
-            })
+            accepted
+                .iter()
+                .find(|(_, a, t)| *a == o.sop_class_uid && is_native(&o.transfer_syntax_uid) && is_native(t))
         };
         let Some((pc_id, _, ts)) = exact.or_else(fallback) else {
             results.push(StoreResult {
                 path: o.path.clone(),
                 sop_instance_uid: o.sop_instance_uid.clone(),
                 status: dimse::status::SOP_CLASS_NOT_SUPPORTED,
-                error_comment: Some(
-                    "no accepted presentation context for this SOP class and transfer syntax"
-                        .into(),
-                ),
+                error_comment: Some("no accepted presentation context for this SOP class and transfer syntax".into()),
             });
             continue;
         };
         let data = data_set_bytes(o, ts)?;
-        let command =
-            dimse::encode_store_request(message_id, &o.sop_class_uid, &o.sop_instance_uid)
-                .map_err(|e| ScuError::Protocol(e.to_string()))?;
+        let command = dimse::encode_store_request(message_id, &o.sop_class_uid, &o.sop_instance_uid)
+            .map_err(|e| ScuError::Protocol(e.to_string()))?;
         send_command(&mut assoc, *pc_id, command).await?;
         send_data(&mut assoc, *pc_id, &data).await?;
         let rsp = receive_response(&mut assoc).await?;

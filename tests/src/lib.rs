@@ -13,10 +13,7 @@ pub use spineagent;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 /// The `spineagent` binary next to the test executable (built by
@@ -39,11 +36,7 @@ pub fn bin() -> PathBuf {
 /// Real MR files fetched by `scripts/fetch-testdata`.
 pub fn testdata(rel: &str) -> PathBuf {
     let p = root().join("testdata").join(rel);
-    assert!(
-        p.exists(),
-        "{} missing: run scripts/fetch-testdata",
-        p.display()
-    );
+    assert!(p.exists(), "{} missing: run scripts/fetch-testdata", p.display());
     p
 }
 
@@ -158,27 +151,11 @@ impl Daemon {
         t = set_toml(&t, "study_idle_seconds", &o.study_idle.to_string());
         t = set_toml(&t, "max_associations", &o.max_associations.to_string());
         t = set_toml(&t, "read_timeout_seconds", &o.read_timeout.to_string());
-        t = set_toml(
-            &t,
-            "disk_high_watermark_percent",
-            &format!("{:?}", o.watermark_percent),
-        );
-        t = set_toml(
-            &t,
-            "accept_unknown_region",
-            &o.accept_unknown_region.to_string(),
-        );
+        t = set_toml(&t, "disk_high_watermark_percent", &format!("{:?}", o.watermark_percent));
+        t = set_toml(&t, "accept_unknown_region", &o.accept_unknown_region.to_string());
         t = set_toml(&t, "shutdown_grace_seconds", "5");
-        let allowed: Vec<String> = o
-            .allowed_calling
-            .iter()
-            .map(|a| format!("\"{a}\""))
-            .collect();
-        t = set_toml(
-            &t,
-            "allowed_calling_ae_titles",
-            &format!("[{}]", allowed.join(", ")),
-        );
+        let allowed: Vec<String> = o.allowed_calling.iter().map(|a| format!("\"{a}\"")).collect();
+        t = set_toml(&t, "allowed_calling_ae_titles", &format!("[{}]", allowed.join(", ")));
         std::fs::write(self.config_path(), t).unwrap();
     }
 
@@ -212,11 +189,7 @@ impl Daemon {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if self
-                .http_get("/healthz")
-                .map(|(s, _)| s == 200)
-                .unwrap_or(false)
-            {
+            if self.http_get("/healthz").map(|(s, _)| s == 200).unwrap_or(false) {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -258,9 +231,7 @@ impl Daemon {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().unwrap().is_none())
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 
     pub fn log(&self) -> String {
@@ -273,11 +244,7 @@ impl Daemon {
         write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
-        let status = out
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
+        let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
         let body = out
             .split_once("\r\n\r\n")
             .map(|(_, b)| b.to_string())
@@ -313,19 +280,11 @@ impl Daemon {
             return out;
         };
         for study in rd.flatten() {
-            for series in std::fs::read_dir(study.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
+            for series in std::fs::read_dir(study.path()).into_iter().flatten().flatten() {
                 if !series.path().is_dir() {
                     continue;
                 }
-                for f in std::fs::read_dir(series.path())
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                {
+                for f in std::fs::read_dir(series.path()).into_iter().flatten().flatten() {
                     if f.path().extension().is_some_and(|x| x == "dcm") {
                         out.push(f.path());
                     }
@@ -377,13 +336,7 @@ impl Drop for Daemon {
 
 /// DCMTK storescu with TCP_NODELAY, proposing each file's own transfer
 /// syntax (-R) so compressed files go out compressed.
-pub fn storescu_to(
-    called: &str,
-    port: u16,
-    calling: &str,
-    extra: &[&str],
-    files: &[PathBuf],
-) -> Output {
+pub fn storescu_to(called: &str, port: u16, calling: &str, extra: &[&str], files: &[PathBuf]) -> Output {
     require_tool("storescu");
     Command::new("storescu")
         .env("TCP_NODELAY", "1")
@@ -406,19 +359,12 @@ pub fn storescu_profile(dir: &Path, transfer_syntaxes: &[&str]) -> Vec<String> {
     }
     cfg.push_str("[[PresentationContexts]]\n[MR]\n");
     for i in 0..transfer_syntaxes.len() {
-        cfg.push_str(&format!(
-            "PresentationContext{} = MRImageStorage\\TS{i}\n",
-            i + 1
-        ));
+        cfg.push_str(&format!("PresentationContext{} = MRImageStorage\\TS{i}\n", i + 1));
     }
     cfg.push_str("[[Profiles]]\n[Every]\nPresentationContexts = MR\n");
     let path = dir.join("storescu.cfg");
     std::fs::write(&path, cfg).unwrap();
-    vec![
-        "-xf".into(),
-        path.to_string_lossy().into_owned(),
-        "Every".into(),
-    ]
+    vec!["-xf".into(), path.to_string_lossy().into_owned(), "Every".into()]
 }
 
 pub fn stderr(o: &Output) -> String {
@@ -473,9 +419,7 @@ pub fn new_uid() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    let v = (nanos << 20)
-        ^ ((std::process::id() as u128) << 8)
-        ^ N.fetch_add(1, Ordering::Relaxed) as u128;
+    let v = (nanos << 20) ^ ((std::process::id() as u128) << 8) ^ N.fetch_add(1, Ordering::Relaxed) as u128;
     format!("2.25.{}", v % (1u128 << 120))
 }
 
@@ -491,17 +435,11 @@ pub fn data_set_bytes(path: &Path) -> Vec<u8> {
 pub fn decoded_pixels(path: &Path) -> Vec<i32> {
     use spineagent_pixels::*;
     let obj = dicom_object::open_file(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let decoded = obj.decode_pixel_data().unwrap_or_else(|e| {
-        panic!(
-            "decode {} ({}): {e:?}",
-            path.display(),
-            obj.meta().transfer_syntax()
-        )
-    });
+    let decoded = obj
+        .decode_pixel_data()
+        .unwrap_or_else(|e| panic!("decode {} ({}): {e:?}", path.display(), obj.meta().transfer_syntax()));
     decoded
-        .to_vec_with_options::<i32>(
-            &ConvertOptions::new().with_modality_lut(ModalityLutOption::None),
-        )
+        .to_vec_with_options::<i32>(&ConvertOptions::new().with_modality_lut(ModalityLutOption::None))
         .unwrap_or_else(|e| panic!("convert {}: {e}", path.display()))
 }
 

@@ -51,10 +51,7 @@ impl Family {
     /// Families the models take: T1 and T2 through their own encoders, the
     /// rest through the synthesizer (see the method reference).
     pub fn used_by_models(self) -> bool {
-        !matches!(
-            self,
-            Family::Gre | Family::Dwi | Family::Localizer | Family::Other
-        )
+        !matches!(self, Family::Gre | Family::Dwi | Family::Localizer | Family::Other)
     }
 }
 
@@ -183,11 +180,7 @@ impl Matcher {
         let re = |s: Option<String>| {
             s.map(|s| Regex::new(&s))
                 .transpose()
-                .map_err(|source| RulesError::Regex {
-                    kind,
-                    index,
-                    source,
-                })
+                .map_err(|source| RulesError::Regex { kind, index, source })
         };
         let upper = |v: Vec<String>| v.into_iter().map(|s| s.to_uppercase()).collect::<Vec<_>>();
         let m = Matcher {
@@ -224,10 +217,7 @@ impl Matcher {
 
     fn matches(&self, h: &InstanceHeader, name_text: &str) -> bool {
         self.name.as_ref().is_none_or(|re| re.is_match(name_text))
-            && self
-                .manufacturer
-                .as_ref()
-                .is_none_or(|re| re.is_match(&h.manufacturer))
+            && self.manufacturer.as_ref().is_none_or(|re| re.is_match(&h.manufacturer))
             && any_of(&h.image_type, &self.any_image_type)
             && any_of(&h.scanning_sequence, &self.any_scanning_sequence)
             && any_of(&h.sequence_variant, &self.any_sequence_variant)

@@ -45,10 +45,7 @@ pub struct StudyReady {
 
 impl StudyReady {
     pub fn usable_series(&self) -> impl Iterator<Item = &SeriesReady> {
-        self.series
-            .iter()
-            .map(|s| s.as_ref())
-            .filter(|s| s.usable())
+        self.series.iter().map(|s| s.as_ref()).filter(|s| s.usable())
     }
 }
 

@@ -55,10 +55,7 @@ pub fn plane_of(normal: [f64; 3], oblique_threshold_degrees: f64) -> Plane {
         .iter()
         .map(|c| c.abs())
         .enumerate()
-        .fold(
-            (0, 0.0),
-            |best, (i, c)| if c > best.1 { (i, c) } else { best },
-        );
+        .fold((0, 0.0), |best, (i, c)| if c > best.1 { (i, c) } else { best });
     if cos < oblique_threshold_degrees.to_radians().cos() {
         return Plane::Oblique;
     }
@@ -121,10 +118,7 @@ pub fn build_stacks(slices: Vec<Placed>, oblique_threshold_degrees: f64) -> Vec<
             instance_number: s.instance_number,
             position: s.position,
         };
-        match stacks
-            .iter_mut()
-            .find(|st| dot(st.normal, n) > SAME_STACK_COS)
-        {
+        match stacks.iter_mut().find(|st| dot(st.normal, n) > SAME_STACK_COS) {
             Some(stack) => stack.slices.push(slice),
             None => stacks.push(Stack {
                 orientation: s.orientation,
@@ -144,11 +138,7 @@ pub fn build_stacks(slices: Vec<Placed>, oblique_threshold_degrees: f64) -> Vec<
     }
     if let Some(reference) = stacks.first().map(|s| s.normal) {
         let centre = |st: &Stack| {
-            st.slices
-                .iter()
-                .map(|s| dot(s.position, reference))
-                .sum::<f64>()
-                / st.slices.len().max(1) as f64
+            st.slices.iter().map(|s| dot(s.position, reference)).sum::<f64>() / st.slices.len().max(1) as f64
         };
         stacks.sort_by(|a, b| centre(a).total_cmp(&centre(b)));
     }
@@ -200,11 +190,7 @@ mod tests {
         ];
         let stacks = build_stacks(slices, 35.0);
         assert_eq!(stacks.len(), 1);
-        let order: Vec<_> = stacks[0]
-            .slices
-            .iter()
-            .map(|s| s.sop_instance_uid.as_str())
-            .collect();
+        let order: Vec<_> = stacks[0].slices.iter().map(|s| s.sop_instance_uid.as_str()).collect();
         // normal of SAG is row x col = (0,1,0) x (0,0,-1) = (-1,0,0)
         assert_eq!(order, ["a", "c", "b"]);
         assert_eq!(stacks[0].plane, Plane::Sagittal);
@@ -222,11 +208,7 @@ mod tests {
         ];
         let stacks = build_stacks(slices, 35.0);
         assert_eq!(stacks.len(), 2);
-        assert!(
-            stacks
-                .iter()
-                .all(|s| s.plane == Plane::Axial && s.slices.len() == 2)
-        );
+        assert!(stacks.iter().all(|s| s.plane == Plane::Axial && s.slices.len() == 2));
         // ordered by position along the first stack's normal: lower block first
         assert!(stacks[0].slices[0].sop_instance_uid.starts_with("l45"));
     }

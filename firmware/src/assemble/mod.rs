@@ -151,10 +151,7 @@ impl Assembler {
         }
         let is_new = series
             .instances
-            .insert(
-                h.sop_instance_uid.clone(),
-                InstanceRecord::from_stored(stored),
-            )
+            .insert(h.sop_instance_uid.clone(), InstanceRecord::from_stored(stored))
             .is_none();
         if is_new && series.complete {
             tracing::info!(series = %h.series_instance_uid, "late instance reopens a completed series");
@@ -179,10 +176,7 @@ impl Assembler {
     /// Rebuilds state from the spool after a restart: studies without a
     /// `study.json` resume; their series with an up-to-date `series.json`
     /// count as complete, the others get fresh idle timers.
-    pub fn recover(
-        &mut self,
-        now: Instant,
-    ) -> std::io::Result<crate::spool::scan::RecoverySummary> {
+    pub fn recover(&mut self, now: Instant) -> std::io::Result<crate::spool::scan::RecoverySummary> {
         let scanned = crate::spool::scan::scan(&self.spool)?;
         for study in &scanned.studies {
             for series in &study.series {
@@ -198,10 +192,7 @@ impl Assembler {
                 {
                     state.complete = true;
                     self.ready.insert(
-                        (
-                            study.study_instance_uid.clone(),
-                            series.series_instance_uid.clone(),
-                        ),
+                        (study.study_instance_uid.clone(), series.series_instance_uid.clone()),
                         Arc::new(manifest.clone()),
                     );
                 }
@@ -232,9 +223,7 @@ impl Assembler {
         for (study_uid, study) in &self.studies {
             for (series_uid, s) in &study.series {
                 let expected_reached = s.expected.is_some_and(|n| s.instances.len() >= n as usize);
-                if !s.complete
-                    && (now >= s.last_arrival + self.settings.series_idle || expected_reached)
-                {
+                if !s.complete && (now >= s.last_arrival + self.settings.series_idle || expected_reached) {
                     due_series.push((study_uid.clone(), series_uid.clone()));
                 }
             }
@@ -267,8 +256,7 @@ impl Assembler {
             .studies
             .iter()
             .filter(|(_, st)| {
-                now >= st.last_arrival + self.settings.study_idle
-                    && st.series.values().all(|s| s.complete)
+                now >= st.last_arrival + self.settings.study_idle && st.series.values().all(|s| s.complete)
             })
             .map(|(uid, _)| uid.clone())
             .collect();
@@ -277,9 +265,7 @@ impl Assembler {
             let series = state
                 .series
                 .keys()
-                .filter_map(|series_uid| {
-                    self.ready.remove(&(study_uid.clone(), series_uid.clone()))
-                })
+                .filter_map(|series_uid| self.ready.remove(&(study_uid.clone(), series_uid.clone())))
                 .collect::<Vec<_>>();
             let ready = Arc::new(StudyReady {
                 dir: self.spool.study_dir(&study_uid),
@@ -311,27 +297,21 @@ impl Assembler {
             .instances
             .iter()
             .flat_map(|(sop, rec)| {
-                rec.positions
-                    .iter()
-                    .enumerate()
-                    .filter_map(move |(frame, pos)| {
-                        Some(Placed {
-                            sop_instance_uid: sop.clone(),
-                            file: rec.file.clone(),
-                            frame: frame as u32 + 1,
-                            instance_number: rec.instance_number,
-                            orientation: rec.orientation?,
-                            position: *pos,
-                        })
+                rec.positions.iter().enumerate().filter_map(move |(frame, pos)| {
+                    Some(Placed {
+                        sop_instance_uid: sop.clone(),
+                        file: rec.file.clone(),
+                        frame: frame as u32 + 1,
+                        instance_number: rec.instance_number,
+                        orientation: rec.orientation?,
+                        position: *pos,
                     })
+                })
             })
             .collect();
         let stacks = build_stacks(placed, self.settings.oblique_threshold_degrees);
         // The series' plane is that of its largest stack.
-        let plane = stacks
-            .iter()
-            .max_by_key(|st| st.slices.len())
-            .map(|st| st.plane);
+        let plane = stacks.iter().max_by_key(|st| st.slices.len()).map(|st| st.plane);
         let first = s.instances.values().next();
         let uniform_matrix = s
             .instances
@@ -373,8 +353,7 @@ impl Assembler {
         };
         let spool = self.spool.clone();
         let path: PathBuf = path.to_owned();
-        let result =
-            tokio::task::spawn_blocking(move || spool.write_file_durable(&path, &bytes)).await;
+        let result = tokio::task::spawn_blocking(move || spool.write_file_durable(&path, &bytes)).await;
         if let Err(e) = result.map_err(std::io::Error::other).and_then(|r| r) {
             // The event still goes out; without the manifest a restart simply
             // re-emits it, which consumers must tolerate anyway.
@@ -384,9 +363,7 @@ impl Assembler {
 
     async fn send(&self, event: AssemblyEvent) {
         if self.events.send(event).await.is_err() {
-            tracing::warn!(
-                "event consumer has stopped; event dropped (it is persisted in the spool)"
-            );
+            tracing::warn!("event consumer has stopped; event dropped (it is persisted in the spool)");
         }
         self.metrics.observe_queue("events", &self.events);
     }

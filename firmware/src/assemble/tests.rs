@@ -20,14 +20,7 @@ fn settings() -> AssemblySettings {
     }
 }
 
-fn instance(
-    spool: &Spool,
-    study: &str,
-    series: &str,
-    sop: &str,
-    x: f64,
-    expected: Option<u32>,
-) -> StoredInstance {
+fn instance(spool: &Spool, study: &str, series: &str, sop: &str, x: f64, expected: Option<u32>) -> StoredInstance {
     let header = InstanceHeader {
         sop_class_uid: crate::ingest::syntaxes::MR_IMAGE_STORAGE.into(),
         sop_instance_uid: sop.into(),
@@ -54,14 +47,14 @@ fn instance(
     }
 }
 
-fn setup() -> (
-    tempfile::TempDir,
-    Spool,
-    Assembler,
-    mpsc::Receiver<AssemblyEvent>,
-) {
+fn setup() -> (tempfile::TempDir, Spool, Assembler, mpsc::Receiver<AssemblyEvent>) {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(dir.path(), 1 << 30, 100.0).unwrap();
+    let limits = crate::spool::SpoolLimits {
+        max_instance_bytes: 1 << 30,
+        in_memory_instance_bytes: 1 << 24,
+        watermark_percent: 100.0,
+    };
+    let spool = Spool::open(dir.path(), limits).unwrap();
     let (tx, rx) = mpsc::channel(16);
     let a = Assembler::new(
         settings(),
@@ -84,10 +77,7 @@ async fn series_then_study_complete_after_idle() {
         );
     }
     a.complete_due(t0 + Duration::from_secs(9)).await;
-    assert!(
-        rx.try_recv().is_err(),
-        "nothing before the series idle time"
-    );
+    assert!(rx.try_recv().is_err(), "nothing before the series idle time");
     a.complete_due(t0 + Duration::from_secs(10)).await;
     let AssemblyEvent::SeriesComplete(series) = rx.try_recv().unwrap() else {
         panic!("series first")
@@ -96,11 +86,7 @@ async fn series_then_study_complete_after_idle() {
     assert_eq!(series.class.plane, Some(geometry::Plane::Sagittal));
     assert!(series.usable());
     // Ordered along the normal (-x for this orientation), not by arrival.
-    let xs: Vec<f64> = series.stacks[0]
-        .slices
-        .iter()
-        .map(|s| s.position[0])
-        .collect();
+    let xs: Vec<f64> = series.stacks[0].slices.iter().map(|s| s.position[0]).collect();
     assert_eq!(xs, [5.0, 0.0, -5.0]);
     assert!(series.dir.join(crate::spool::SERIES_MANIFEST).exists());
     assert!(rx.try_recv().is_err(), "study waits for its own idle time");
@@ -119,22 +105,12 @@ async fn expected_count_completes_early() {
     let t0 = Instant::now();
     for i in 0..3 {
         a.add(
-            &instance(
-                &spool,
-                "1.2.3",
-                "1.2.3.1",
-                &format!("1.2.3.1.{i}"),
-                i as f64,
-                Some(3),
-            ),
+            &instance(&spool, "1.2.3", "1.2.3.1", &format!("1.2.3.1.{i}"), i as f64, Some(3)),
             t0,
         );
     }
     a.complete_due(t0 + Duration::from_millis(1)).await;
-    assert!(matches!(
-        rx.try_recv().unwrap(),
-        AssemblyEvent::SeriesComplete(_)
-    ));
+    assert!(matches!(rx.try_recv().unwrap(), AssemblyEvent::SeriesComplete(_)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -143,28 +119,15 @@ async fn late_instance_reopens_series_and_study_waits() {
     let t0 = Instant::now();
     for i in 0..3 {
         a.add(
-            &instance(
-                &spool,
-                "1.2.3",
-                "1.2.3.1",
-                &format!("1.2.3.1.{i}"),
-                i as f64,
-                None,
-            ),
+            &instance(&spool, "1.2.3", "1.2.3.1", &format!("1.2.3.1.{i}"), i as f64, None),
             t0,
         );
     }
     a.complete_due(t0 + Duration::from_secs(10)).await;
-    assert!(matches!(
-        rx.try_recv().unwrap(),
-        AssemblyEvent::SeriesComplete(_)
-    ));
+    assert!(matches!(rx.try_recv().unwrap(), AssemblyEvent::SeriesComplete(_)));
     // A fourth slice arrives: the series is open again, the study cannot complete.
     let t1 = t0 + Duration::from_secs(25);
-    a.add(
-        &instance(&spool, "1.2.3", "1.2.3.1", "1.2.3.1.9", 9.0, None),
-        t1,
-    );
+    a.add(&instance(&spool, "1.2.3", "1.2.3.1", "1.2.3.1.9", 9.0, None), t1);
     a.complete_due(t0 + Duration::from_secs(31)).await;
     assert!(rx.try_recv().is_err());
     a.complete_due(t1 + Duration::from_secs(10)).await;
@@ -173,10 +136,7 @@ async fn late_instance_reopens_series_and_study_waits() {
     };
     assert_eq!(s.instance_count, 4);
     a.complete_due(t1 + Duration::from_secs(30)).await;
-    assert!(matches!(
-        rx.try_recv().unwrap(),
-        AssemblyEvent::StudyComplete(_)
-    ));
+    assert!(matches!(rx.try_recv().unwrap(), AssemblyEvent::StudyComplete(_)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -184,10 +144,7 @@ async fn deadlines_follow_the_oldest_open_item() {
     let (_dir, spool, mut a, _rx) = setup();
     assert!(a.next_deadline().is_none());
     let t0 = Instant::now();
-    a.add(
-        &instance(&spool, "1.2.3", "1.2.3.1", "1.2.3.1.1", 0.0, None),
-        t0,
-    );
+    a.add(&instance(&spool, "1.2.3", "1.2.3.1", "1.2.3.1.1", 0.0, None), t0);
     assert_eq!(a.next_deadline(), Some(t0 + Duration::from_secs(10)));
 }
 
@@ -197,25 +154,11 @@ async fn two_studies_are_independent() {
     let t0 = Instant::now();
     for i in 0..3 {
         a.add(
-            &instance(
-                &spool,
-                "1.2.3",
-                "1.2.3.1",
-                &format!("1.2.3.1.{i}"),
-                i as f64,
-                None,
-            ),
+            &instance(&spool, "1.2.3", "1.2.3.1", &format!("1.2.3.1.{i}"), i as f64, None),
             t0,
         );
         a.add(
-            &instance(
-                &spool,
-                "1.2.4",
-                "1.2.4.1",
-                &format!("1.2.4.1.{i}"),
-                i as f64,
-                None,
-            ),
+            &instance(&spool, "1.2.4", "1.2.4.1", &format!("1.2.4.1.{i}"), i as f64, None),
             t0 + Duration::from_secs(25),
         );
     }
@@ -238,14 +181,7 @@ async fn an_expected_count_of_one_per_slice_is_ignored() {
     let t0 = Instant::now();
     for i in 0..3 {
         a.add(
-            &instance(
-                &spool,
-                "1.2.3",
-                "1.2.3.1",
-                &format!("1.2.3.1.{i}"),
-                i as f64,
-                Some(1),
-            ),
+            &instance(&spool, "1.2.3", "1.2.3.1", &format!("1.2.3.1.{i}"), i as f64, Some(1)),
             t0,
         );
     }
@@ -257,14 +193,8 @@ async fn an_expected_count_of_one_per_slice_is_ignored() {
 async fn disagreeing_expected_counts_fall_back_to_idle_time() {
     let (_dir, spool, mut a, mut rx) = setup();
     let t0 = Instant::now();
-    a.add(
-        &instance(&spool, "1.2.3", "1.2.3.1", "1.2.3.1.1", 1.0, Some(2)),
-        t0,
-    );
-    a.add(
-        &instance(&spool, "1.2.3", "1.2.3.1", "1.2.3.1.2", 2.0, Some(5)),
-        t0,
-    );
+    a.add(&instance(&spool, "1.2.3", "1.2.3.1", "1.2.3.1.1", 1.0, Some(2)), t0);
+    a.add(&instance(&spool, "1.2.3", "1.2.3.1", "1.2.3.1.2", 2.0, Some(5)), t0);
     a.complete_due(t0 + Duration::from_millis(1)).await;
     assert!(rx.try_recv().is_err());
 }

@@ -3,8 +3,8 @@
 
 use dicom_ul::association::server::AccessControl;
 use dicom_ul::pdu::{
-    AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
-    AssociationRJServiceUserReason, AssociationRJSource, Pdu, UserIdentity,
+    AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason, AssociationRJServiceUserReason,
+    AssociationRJSource, Pdu, UserIdentity,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -27,9 +27,7 @@ impl AccessControl for AeAccess {
             return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
         }
         let calling = calling_ae_title.trim();
-        if !self.allowed_calling.is_empty()
-            && !self.allowed_calling.iter().any(|a| a.trim() == calling)
-        {
+        if !self.allowed_calling.is_empty() && !self.allowed_calling.iter().any(|a| a.trim() == calling) {
             return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
         }
         Ok(())
@@ -58,9 +56,7 @@ impl Congestion {
 
     fn rj_reason(self) -> AssociationRJServiceProviderPresentationReason {
         match self {
-            Congestion::TooManyAssociations => {
-                AssociationRJServiceProviderPresentationReason::LocalLimitExceeded
-            }
+            Congestion::TooManyAssociations => AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
             Congestion::DiskWatermark | Congestion::ShuttingDown => {
                 AssociationRJServiceProviderPresentationReason::TemporaryCongestion
             }
@@ -74,9 +70,7 @@ pub async fn refuse(mut socket: TcpStream, why: Congestion, max_pdu: u32) {
     let exchange = async {
         let mut buf = bytes::BytesMut::with_capacity(8192);
         // The request must be read first: a peer still writing it would see a reset.
-        let _ =
-            dicom_ul::association::read_pdu_from_wire_async(&mut socket, &mut buf, max_pdu, false)
-                .await;
+        let _ = dicom_ul::association::read_pdu_from_wire_async(&mut socket, &mut buf, max_pdu, false).await;
         let rj = Pdu::AssociationRJ(AssociationRJ {
             result: AssociationRJResult::Transient,
             source: AssociationRJSource::ServiceProviderPresentation(why.rj_reason()),
@@ -99,10 +93,7 @@ mod tests {
         let open = AeAccess {
             allowed_calling: vec![],
         };
-        assert!(
-            open.check_access("SPINEAGENT", "ANY", "SPINEAGENT", None)
-                .is_ok()
-        );
+        assert!(open.check_access("SPINEAGENT", "ANY", "SPINEAGENT", None).is_ok());
         assert_eq!(
             open.check_access("SPINEAGENT", "ANY", "OTHER", None),
             Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized)
@@ -110,11 +101,7 @@ mod tests {
         let closed = AeAccess {
             allowed_calling: vec!["MR1".into()],
         };
-        assert!(
-            closed
-                .check_access("SPINEAGENT", "MR1", "SPINEAGENT", None)
-                .is_ok()
-        );
+        assert!(closed.check_access("SPINEAGENT", "MR1", "SPINEAGENT", None).is_ok());
         assert_eq!(
             closed.check_access("SPINEAGENT", "MR2", "SPINEAGENT", None),
             Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)

@@ -11,8 +11,7 @@ use dicom_ul::Pdu;
 use dicom_ul::association::Error as UlError;
 use dicom_ul::association::server::AsyncServerAssociation;
 use dicom_ul::pdu::{
-    AbortRQServiceProviderReason, AbortRQSource, PDataValue, PDataValueType,
-    PresentationContextResultReason,
+    AbortRQServiceProviderReason, AbortRQSource, PDataValue, PDataValueType, PresentationContextResultReason,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -252,10 +251,7 @@ impl Handler {
         let (pending, refused) = match refusal {
             Some(r) => (None, Some(r)),
             None => {
-                let sop = request
-                    .affected_sop_instance_uid
-                    .as_deref()
-                    .expect("checked above");
+                let sop = request.affected_sop_instance_uid.as_deref().expect("checked above");
                 match self
                     .ctx
                     .spool
@@ -354,8 +350,7 @@ impl Handler {
                     comment = %r.comment,
                     "C-STORE refused"
                 );
-                self.respond(pc_id, &request, r.status, Some(&r.comment))
-                    .await
+                self.respond(pc_id, &request, r.status, Some(&r.comment)).await
             }
         }
     }
@@ -367,8 +362,7 @@ impl Handler {
         status: u16,
         comment: Option<&str>,
     ) -> Result<(), Violation> {
-        let bytes = dimse::encode_response(request, status, comment)
-            .map_err(|_| Violation("encode_response"))?;
+        let bytes = dimse::encode_response(request, status, comment).map_err(|_| Violation("encode_response"))?;
         let pdu = Pdu::PData {
             data: vec![PDataValue {
                 presentation_context_id: pc_id,
@@ -377,9 +371,6 @@ impl Handler {
                 data: bytes,
             }],
         };
-        self.assoc
-            .send(&pdu)
-            .await
-            .map_err(|_| Violation("send_failed"))
+        self.assoc.send(&pdu).await.map_err(|_| Violation("send_failed"))
     }
 }

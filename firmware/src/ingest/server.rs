@@ -37,11 +37,7 @@ pub async fn run(
 ) {
     let (transfer_syntaxes, missing) = decodable_transfer_syntaxes();
     for (uid, name) in missing {
-        tracing::warn!(
-            uid,
-            name,
-            "no codec for transfer syntax in this build; not offered"
-        );
+        tracing::warn!(uid, name, "no codec for transfer syntax in this build; not offered");
     }
     let settings = Arc::new(settings);
     let transfer_syntaxes = Arc::new(transfer_syntaxes);
@@ -109,15 +105,9 @@ pub async fn run(
         });
     }
 
-    tracing::info!(
-        open = tasks.len(),
-        "stopped accepting; finishing open associations"
-    );
+    tracing::info!(open = tasks.len(), "stopped accepting; finishing open associations");
     let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(settings.shutdown_grace, drain)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(settings.shutdown_grace, drain).await.is_err() {
         tracing::warn!("shutdown grace period over; aborting remaining associations");
         tasks.abort_all();
     }
@@ -186,11 +176,7 @@ async fn serve_connection(
         let _enter = span.enter();
         tracing::info!(accepted_contexts, "association established");
         drop(_enter);
-        tracing::Instrument::instrument(
-            Handler::new(assoc, ctx.clone()).run(shutdown),
-            span.clone(),
-        )
-        .await
+        tracing::Instrument::instrument(Handler::new(assoc, ctx.clone()).run(shutdown), span.clone()).await
     };
     ctx.metrics.associations_active.dec();
     match ending {
@@ -203,10 +189,7 @@ async fn serve_connection(
             tracing::warn!(parent: &span, "association aborted by peer");
         }
         Ending::AbortedByUs(why) => {
-            ctx.metrics
-                .associations_aborted_total
-                .with_label_values(&[why])
-                .inc();
+            ctx.metrics.associations_aborted_total.with_label_values(&[why]).inc();
             tracing::warn!(parent: &span, why, "association aborted");
         }
         Ending::ConnectionLost => {

@@ -27,10 +27,7 @@ pub const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
 pub const WANTED_TRANSFER_SYNTAXES: &[(&str, &str)] = &[
     (EXPLICIT_VR_LE, "Explicit VR Little Endian"),
     (IMPLICIT_VR_LE, "Implicit VR Little Endian"),
-    (
-        "1.2.840.10008.1.2.1.99",
-        "Deflated Explicit VR Little Endian",
-    ),
+    ("1.2.840.10008.1.2.1.99", "Deflated Explicit VR Little Endian"),
     ("1.2.840.10008.1.2.2", "Explicit VR Big Endian"),
     ("1.2.840.10008.1.2.4.70", "JPEG Lossless SV1"),
     ("1.2.840.10008.1.2.4.57", "JPEG Lossless"),

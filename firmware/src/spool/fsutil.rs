@@ -40,8 +40,7 @@ impl DiskUsage {
         if self.total_bytes == 0 {
             return 100.0;
         }
-        100.0 * (self.total_bytes - self.available_bytes.min(self.total_bytes)) as f64
-            / self.total_bytes as f64
+        100.0 * (self.total_bytes - self.available_bytes.min(self.total_bytes)) as f64 / self.total_bytes as f64
     }
 }
 

@@ -68,9 +68,7 @@ fn strings(obj: &InMemDicomObject, tag: Tag) -> Vec<String> {
 }
 
 fn float(obj: &InMemDicomObject, tag: Tag) -> Option<f64> {
-    obj.get(tag)
-        .and_then(|e| e.to_float64().ok())
-        .filter(|v| v.is_finite())
+    obj.get(tag).and_then(|e| e.to_float64().ok()).filter(|v| v.is_finite())
 }
 
 fn floats(obj: &InMemDicomObject, tag: Tag) -> Option<Vec<f64>> {
@@ -80,9 +78,7 @@ fn floats(obj: &InMemDicomObject, tag: Tag) -> Option<Vec<f64>> {
 }
 
 fn int<T: num_like::FromI64>(obj: &InMemDicomObject, tag: Tag) -> Option<T> {
-    obj.get(tag)
-        .and_then(|e| e.to_int::<i64>().ok())
-        .and_then(T::from_i64)
+    obj.get(tag).and_then(|e| e.to_int::<i64>().ok()).and_then(T::from_i64)
 }
 
 mod num_like {
@@ -144,14 +140,7 @@ fn spacing_from(item: &InMemDicomObject) -> Option<[f64; 2]> {
 }
 
 /// Geometry of a classic instance or of each frame of an Enhanced MR.
-fn geometry(
-    obj: &InMemDicomObject,
-) -> (
-    Option<[f64; 6]>,
-    Vec<[f64; 3]>,
-    Option<[f64; 2]>,
-    Option<f64>,
-) {
+fn geometry(obj: &InMemDicomObject) -> (Option<[f64; 6]>, Vec<[f64; 3]>, Option<[f64; 2]>, Option<f64>) {
     if let Some(orientation) = orientation_from(obj) {
         let positions = position_from(obj).into_iter().collect();
         return (
@@ -176,8 +165,7 @@ fn geometry(
             .and_then(|f| first_item(f, seq))
             .or_else(|| shared.and_then(|s| first_item(s, seq)))
     }
-    let orientation = from_groups(tags::PLANE_ORIENTATION_SEQUENCE, frames.first(), shared)
-        .and_then(orientation_from);
+    let orientation = from_groups(tags::PLANE_ORIENTATION_SEQUENCE, frames.first(), shared).and_then(orientation_from);
     let positions = frames
         .iter()
         .filter_map(|f| first_item(f, tags::PLANE_POSITION_SEQUENCE).and_then(position_from))

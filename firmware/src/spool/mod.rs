@@ -55,6 +55,9 @@ struct Paths {
 pub struct Spool {
     paths: Arc<Paths>,
     max_instance_bytes: u64,
+    /// Data sets up to this size are also kept in memory while they stream
+    /// to disk, so validation needs no read-back.
+    in_memory_bytes: u64,
     watermark_percent: f64,
 }
 
@@ -66,6 +69,14 @@ pub struct StoredInstance {
     pub bytes: u64,
     /// The SOP Instance UID was already stored; the earlier file is kept.
     pub duplicate: bool,
+}
+
+/// Size limits of the spool (from `[limits]` and `[spool]`).
+#[derive(Debug, Clone, Copy)]
+pub struct SpoolLimits {
+    pub max_instance_bytes: u64,
+    pub in_memory_instance_bytes: u64,
+    pub watermark_percent: f64,
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -82,11 +93,7 @@ fn io_rejection(what: &str, e: std::io::Error) -> Rejection {
 impl Spool {
     /// Opens (creating if needed) the spool at `root` and deletes partial
     /// files left by a crash.
-    pub fn open(
-        root: &Path,
-        max_instance_bytes: u64,
-        watermark_percent: f64,
-    ) -> std::io::Result<Spool> {
+    pub fn open(root: &Path, limits: SpoolLimits) -> std::io::Result<Spool> {
         let paths = Paths {
             root: root.to_owned(),
             incoming: root.join("incoming"),
@@ -102,8 +109,9 @@ impl Spool {
         }
         Ok(Spool {
             paths: Arc::new(paths),
-            max_instance_bytes,
-            watermark_percent,
+            max_instance_bytes: limits.max_instance_bytes,
+            in_memory_bytes: limits.in_memory_instance_bytes.min(limits.max_instance_bytes),
+            watermark_percent: limits.watermark_percent,
         })
     }
 
@@ -145,13 +153,8 @@ impl Spool {
         transfer_syntax_uid: &str,
         calling_ae: &str,
     ) -> Result<PendingInstance, Rejection> {
-        crate::uid::validate(sop_instance_uid).map_err(|e| {
-            Rejection::new(
-                status::CANNOT_UNDERSTAND,
-                "invalid_uid",
-                format!("SOPInstanceUID: {e}"),
-            )
-        })?;
+        crate::uid::validate(sop_instance_uid)
+            .map_err(|e| Rejection::new(status::CANNOT_UNDERSTAND, "invalid_uid", format!("SOPInstanceUID: {e}")))?;
         if self.over_watermark() {
             return Err(Rejection::new(
                 status::OUT_OF_RESOURCES,
@@ -167,23 +170,12 @@ impl Spool {
             .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
             .source_application_entity_title(calling_ae)
             .build()
-            .map_err(|e| {
-                Rejection::new(
-                    status::CANNOT_UNDERSTAND,
-                    "bad_meta",
-                    format!("file meta: {e}"),
-                )
-            })?;
+            .map_err(|e| Rejection::new(status::CANNOT_UNDERSTAND, "bad_meta", format!("file meta: {e}")))?;
         let mut head = Vec::with_capacity(512);
         head.extend_from_slice(&[0u8; 128]);
         head.extend_from_slice(b"DICM");
-        meta.write(&mut head).map_err(|e| {
-            Rejection::new(
-                status::CANNOT_UNDERSTAND,
-                "bad_meta",
-                format!("file meta: {e}"),
-            )
-        })?;
+        meta.write(&mut head)
+            .map_err(|e| Rejection::new(status::CANNOT_UNDERSTAND, "bad_meta", format!("file meta: {e}")))?;
 
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp = self
@@ -193,9 +185,7 @@ impl Spool {
         let mut file = tokio::fs::File::create(&tmp)
             .await
             .map_err(|e| io_rejection("create temporary file", e))?;
-        file.write_all(&head)
-            .await
-            .map_err(|e| io_rejection("write", e))?;
+        file.write_all(&head).await.map_err(|e| io_rejection("write", e))?;
         let encapsulated = TransferSyntaxRegistry
             .get(transfer_syntax_uid)
             .map(|ts| ts.is_encapsulated_pixel_data())
@@ -205,6 +195,9 @@ impl Spool {
             file: Some(file),
             tmp,
             written: 0,
+            meta: head[128..].to_vec(),
+            copy: Some(Vec::new()),
+            transfer_syntax_uid: transfer_syntax_uid.to_string(),
             sop_class_uid: sop_class_uid.to_string(),
             sop_instance_uid: sop_instance_uid.to_string(),
             encapsulated,
@@ -238,6 +231,11 @@ pub struct PendingInstance {
     file: Option<tokio::fs::File>,
     tmp: PathBuf,
     written: u64,
+    /// "DICM" and the file meta group we wrote.
+    meta: Vec<u8>,
+    /// The data set so far, while it fits in `Spool::in_memory_bytes`.
+    copy: Option<Vec<u8>>,
+    transfer_syntax_uid: String,
     sop_class_uid: String,
     sop_instance_uid: String,
     encapsulated: bool,
@@ -256,16 +254,16 @@ impl PendingInstance {
             return Err(Rejection::new(
                 status::OUT_OF_RESOURCES,
                 "too_large",
-                format!(
-                    "instance larger than {} bytes",
-                    self.spool.max_instance_bytes
-                ),
+                format!("instance larger than {} bytes", self.spool.max_instance_bytes),
             ));
         }
+        if self.written > self.spool.in_memory_bytes {
+            self.copy = None;
+        } else if let Some(copy) = self.copy.as_mut() {
+            copy.extend_from_slice(bytes);
+        }
         let file = self.file.as_mut().expect("file open until commit/discard");
-        file.write_all(bytes)
-            .await
-            .map_err(|e| io_rejection("write", e))
+        file.write_all(bytes).await.map_err(|e| io_rejection("write", e))
     }
 
     pub async fn discard(mut self) {
@@ -283,30 +281,25 @@ impl PendingInstance {
         }
         let file = file.into_std().await;
         let tmp = self.tmp.clone();
-        let spool = self.spool.clone();
-        let sop_class = std::mem::take(&mut self.sop_class_uid);
-        let sop_instance = std::mem::take(&mut self.sop_instance_uid);
-        let encapsulated = self.encapsulated;
-        let written = self.written;
-        let result = tokio::task::spawn_blocking(move || {
-            commit_blocking(
-                &spool,
-                file,
-                &tmp,
-                &sop_class,
-                &sop_instance,
-                encapsulated,
-                written,
-            )
-        })
-        .await
-        .unwrap_or_else(|e| {
-            Err(Rejection::new(
-                status::OUT_OF_RESOURCES,
-                "internal",
-                format!("store task failed: {e}"),
-            ))
-        });
+        let job = CommitJob {
+            spool: self.spool.clone(),
+            meta: std::mem::take(&mut self.meta),
+            copy: self.copy.take(),
+            transfer_syntax_uid: std::mem::take(&mut self.transfer_syntax_uid),
+            sop_class_uid: std::mem::take(&mut self.sop_class_uid),
+            sop_instance_uid: std::mem::take(&mut self.sop_instance_uid),
+            encapsulated: self.encapsulated,
+            written: self.written,
+        };
+        let result = tokio::task::spawn_blocking(move || job.run(file, &tmp))
+            .await
+            .unwrap_or_else(|e| {
+                Err(Rejection::new(
+                    status::OUT_OF_RESOURCES,
+                    "internal",
+                    format!("store task failed: {e}"),
+                ))
+            });
         if result.as_ref().map(|s| s.duplicate).unwrap_or(true) {
             let _ = tokio::fs::remove_file(&self.tmp).await;
         }
@@ -314,53 +307,84 @@ impl PendingInstance {
     }
 }
 
-fn commit_blocking(
-    spool: &Spool,
-    file: std::fs::File,
-    tmp: &Path,
-    sop_class: &str,
-    sop_instance: &str,
+struct CommitJob {
+    spool: Spool,
+    meta: Vec<u8>,
+    copy: Option<Vec<u8>>,
+    transfer_syntax_uid: String,
+    sop_class_uid: String,
+    sop_instance_uid: String,
     encapsulated: bool,
     written: u64,
-) -> Result<StoredInstance, Rejection> {
-    let bytes = std::fs::read(tmp).map_err(|e| io_rejection("read back", e))?;
-    let obj = parse_instance(&bytes, spool.max_instance_bytes).map_err(|comment| {
-        Rejection::new(
-            status::CANNOT_UNDERSTAND,
-            "unparseable",
-            format!("data set cannot be parsed: {comment}"),
-        )
-    })?;
-    drop(bytes);
-    validate::validate(&obj, sop_class, sop_instance, encapsulated)?;
-    let header = InstanceHeader::from_object(&obj, obj.meta().transfer_syntax());
-    drop(obj);
-    let dir = spool.series_dir(&header.study_instance_uid, &header.series_instance_uid);
-    let dest = dir.join(format!("{sop_instance}.dcm"));
-    let bytes = written;
-    if dest.exists() {
-        return Ok(StoredInstance {
+}
+
+impl CommitJob {
+    fn run(self, file: std::fs::File, tmp: &Path) -> Result<StoredInstance, Rejection> {
+        let unparseable = |comment: String| {
+            Rejection::new(
+                status::CANNOT_UNDERSTAND,
+                "unparseable",
+                format!("data set cannot be parsed: {comment}"),
+            )
+        };
+        // Small instances were kept in memory; large ones are read back once.
+        let data_set = match self.copy {
+            Some(copy) => copy,
+            None => {
+                let bytes = std::fs::read(tmp).map_err(|e| io_rejection("read back", e))?;
+                let start = structure::data_set_offset(&bytes).ok_or_else(|| unparseable("file meta".into()))?;
+                bytes[start..].to_vec()
+            }
+        };
+        // Bounded work whatever the input, before the full parser sees it.
+        let walked = check_structure(&data_set, &self.transfer_syntax_uid, self.spool.max_instance_bytes)
+            .map_err(unparseable)?;
+        // Only the attributes before Pixel Data are parsed: the walk already
+        // measured the pixel data, and nothing needs a second copy of it.
+        let obj = OpenFileOptions::new()
+            .read_until(tags::PIXEL_DATA)
+            .from_reader(std::io::Read::chain(&self.meta[..], &data_set[..walked.end]))
+            .map_err(|e| unparseable(e.to_string()))?;
+        drop(data_set);
+        validate::validate(
+            &obj,
+            walked.pixel_data,
+            &self.sop_class_uid,
+            &self.sop_instance_uid,
+            self.encapsulated,
+        )?;
+        let header = InstanceHeader::from_object(&obj, obj.meta().transfer_syntax());
+        drop(obj);
+        let dir = self
+            .spool
+            .series_dir(&header.study_instance_uid, &header.series_instance_uid);
+        let dest = dir.join(format!("{}.dcm", self.sop_instance_uid));
+        let bytes = self.written;
+        if dest.exists() {
+            return Ok(StoredInstance {
+                header,
+                path: dest,
+                bytes,
+                duplicate: true,
+            });
+        }
+        // fdatasync: the data and the size; the name is made durable by the
+        // directory fsync after the rename.
+        file.sync_data().map_err(|e| io_rejection("fsync", e))?;
+        drop(file);
+        create_dir_durable(&dir).map_err(|e| io_rejection("create series directory", e))?;
+        std::fs::rename(tmp, &dest).map_err(|e| io_rejection("rename into spool", e))?;
+        sync_dir(&dir).map_err(|e| io_rejection("fsync directory", e))?;
+        Ok(StoredInstance {
             header,
             path: dest,
             bytes,
-            duplicate: true,
-        });
+            duplicate: false,
+        })
     }
-    file.sync_all().map_err(|e| io_rejection("fsync", e))?;
-    drop(file);
-    create_dir_durable(&dir).map_err(|e| io_rejection("create series directory", e))?;
-    std::fs::rename(tmp, &dest).map_err(|e| io_rejection("rename into spool", e))?;
-    sync_dir(&dir).map_err(|e| io_rejection("fsync directory", e))?;
-    Ok(StoredInstance {
-        header,
-        path: dest,
-        bytes,
-        duplicate: false,
-    })
 }
 
-/// The transfer syntax UID written in our own file meta (we wrote it, so a
-/// plain scan for the (0002,0010) element is enough).
+/// The transfer syntax UID in a file meta group we wrote.
 fn transfer_syntax_in_meta(meta: &[u8]) -> String {
     let Some(i) = meta.windows(4).position(|w| w == [0x02, 0x00, 0x10, 0x00]) else {
         return String::new();
@@ -376,20 +400,14 @@ fn transfer_syntax_in_meta(meta: &[u8]) -> String {
         .unwrap_or_default()
 }
 
-const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
-
-/// Parses a Part 10 file held in memory: a structural walk first (bounded
-/// work whatever the input), then the full parser on the data set without
-/// any trailing zero padding.
-pub fn parse_instance(
-    bytes: &[u8],
-    max_bytes: u64,
-) -> Result<dicom_object::DefaultDicomObject, String> {
+/// Parses a Part 10 file held in memory: the structural walk first, then
+/// the full parser on the data set without any trailing zero padding.
+pub fn parse_instance(bytes: &[u8], max_bytes: u64) -> Result<dicom_object::DefaultDicomObject, String> {
     let start = structure::data_set_offset(bytes).ok_or("file meta unreadable")?;
     let ts_uid = transfer_syntax_in_meta(&bytes[..start]);
-    let end = check_structure(&bytes[start..], &ts_uid, max_bytes)?;
+    let walked = check_structure(&bytes[start..], &ts_uid, max_bytes)?;
     OpenFileOptions::new()
-        .from_reader(&bytes[128..start + end])
+        .from_reader(&bytes[128..start + walked.end])
         .map_err(|e| e.to_string())
 }
 
@@ -399,16 +417,13 @@ pub fn open_instance(path: &Path) -> Result<dicom_object::DefaultDicomObject, St
     parse_instance(&bytes, u64::MAX).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Returns the end of the meaningful data set bytes.
-fn check_structure(data_set: &[u8], ts_uid: &str, limit: u64) -> Result<usize, String> {
+const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
+
+fn check_structure(data_set: &[u8], ts_uid: &str, limit: u64) -> Result<structure::Walked, String> {
     use structure::Encoding;
     match ts_uid {
-        "1.2.840.10008.1.2" => {
-            structure::check(data_set, Encoding::ImplicitLittle).map_err(|e| e.to_string())
-        }
-        "1.2.840.10008.1.2.2" => {
-            structure::check(data_set, Encoding::ExplicitBig).map_err(|e| e.to_string())
-        }
+        "1.2.840.10008.1.2" => structure::check(data_set, Encoding::ImplicitLittle).map_err(|e| e.to_string()),
+        "1.2.840.10008.1.2.2" => structure::check(data_set, Encoding::ExplicitBig).map_err(|e| e.to_string()),
         DEFLATED => {
             // Inflate with a cap, so a deflate bomb cannot balloon memory.
             use std::io::Read;
@@ -420,8 +435,12 @@ fn check_structure(data_set: &[u8], ts_uid: &str, limit: u64) -> Result<usize, S
             if inflated.len() as u64 > limit {
                 return Err("inflated data set larger than the instance limit".into());
             }
-            structure::check(&inflated, Encoding::ExplicitLittle).map_err(|e| e.to_string())?;
-            Ok(data_set.len())
+            let walked = structure::check(&inflated, Encoding::ExplicitLittle).map_err(|e| e.to_string())?;
+            // The parser reads the deflated bytes: all of them.
+            Ok(structure::Walked {
+                end: data_set.len(),
+                ..walked
+            })
         }
         _ => structure::check(data_set, Encoding::ExplicitLittle).map_err(|e| e.to_string()),
     }
@@ -429,11 +448,6 @@ fn check_structure(data_set: &[u8], ts_uid: &str, limit: u64) -> Result<usize, S
 
 /// Reads the header of a spooled file without its pixel data.
 pub fn read_header(path: &Path) -> Result<InstanceHeader, dicom_object::ReadError> {
-    let obj = OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .open_file(path)?;
-    Ok(InstanceHeader::from_object(
-        &obj,
-        obj.meta().transfer_syntax(),
-    ))
+    let obj = OpenFileOptions::new().read_until(tags::PIXEL_DATA).open_file(path)?;
+    Ok(InstanceHeader::from_object(&obj, obj.meta().transfer_syntax()))
 }

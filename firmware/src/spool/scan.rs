@@ -38,10 +38,7 @@ fn subdirs(dir: &Path) -> std::io::Result<Vec<(String, std::path::PathBuf)>> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         if entry.file_type()?.is_dir() {
-            out.push((
-                entry.file_name().to_string_lossy().into_owned(),
-                entry.path(),
-            ));
+            out.push((entry.file_name().to_string_lossy().into_owned(), entry.path()));
         }
     }
     out.sort();

@@ -33,9 +33,29 @@ pub struct StructureError {
     pub problem: &'static str,
 }
 
+/// What the walk saw of the top-level Pixel Data element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PixelData {
+    /// Native: the value length in bytes.
+    Native { bytes: u64 },
+    /// Encapsulated: the number of fragments (after the offset table item).
+    Encapsulated { fragments: usize },
+}
+
+/// The result of a successful walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Walked {
+    /// Where the elements end (before any trailing zero padding).
+    pub end: usize,
+    pub pixel_data: Option<PixelData>,
+}
+
 struct Walker<'a> {
     bytes: &'a [u8],
     encoding: Encoding,
+    /// Items seen inside encapsulated pixel data.
+    fragment_items: std::cell::Cell<usize>,
+    pixel_data: std::cell::Cell<Option<PixelData>>,
 }
 
 fn err<T>(offset: usize, problem: &'static str) -> Result<T, StructureError> {
@@ -96,15 +116,20 @@ impl Walker<'_> {
             }
             let (vr, header, len) = self.element_header(pos, tag)?;
             let value_start = pos + header;
+            if depth == 0 && tag == PIXEL_DATA {
+                self.fragment_items.set(0);
+            }
             if len == UNDEFINED {
                 match vr {
-                    Some(VR::SQ) | None => {
-                        pos = self.sequence_items(value_start, end, depth + 1, tag == PIXEL_DATA)?
-                    }
+                    Some(VR::SQ) | None => pos = self.sequence_items(value_start, end, depth + 1, tag == PIXEL_DATA)?,
                     Some(VR::OB | VR::UN | VR::OW) if tag == PIXEL_DATA || vr == Some(VR::UN) => {
                         pos = self.sequence_items(value_start, end, depth + 1, tag == PIXEL_DATA)?
                     }
                     _ => return err(pos, "undefined length on a VR that cannot have one"),
+                }
+                if depth == 0 && tag == PIXEL_DATA {
+                    let fragments = self.fragment_items.get().saturating_sub(1);
+                    self.pixel_data.set(Some(PixelData::Encapsulated { fragments }));
                 }
                 continue;
             }
@@ -115,6 +140,9 @@ impl Walker<'_> {
             if vr == Some(VR::SQ) {
                 self.defined_sequence(value_start, value_end, depth + 1)?;
             }
+            if depth == 0 && tag == PIXEL_DATA {
+                self.pixel_data.set(Some(PixelData::Native { bytes: len as u64 }));
+            }
             pos = value_end;
         }
         if until_item_end {
@@ -124,23 +152,17 @@ impl Walker<'_> {
     }
 
     /// (VR if known, header length, value length).
-    fn element_header(
-        &self,
-        pos: usize,
-        tag: Tag,
-    ) -> Result<(Option<VR>, usize, u32), StructureError> {
+    fn element_header(&self, pos: usize, tag: Tag) -> Result<(Option<VR>, usize, u32), StructureError> {
         match self.encoding {
             Encoding::ImplicitLittle => {
                 let len = self.u32_at(pos + 4).ok_or(StructureError {
                     offset: pos,
                     problem: "truncated element header",
                 })?;
-                let vr = StandardDataDictionary
-                    .by_tag(tag)
-                    .and_then(|e| match e.vr() {
-                        VirtualVr::Exact(vr) => Some(vr),
-                        _ => None,
-                    });
+                let vr = StandardDataDictionary.by_tag(tag).and_then(|e| match e.vr() {
+                    VirtualVr::Exact(vr) => Some(vr),
+                    _ => None,
+                });
                 let vr = if len == UNDEFINED && vr != Some(VR::SQ) && tag != PIXEL_DATA {
                     None
                 } else {
@@ -215,12 +237,7 @@ impl Walker<'_> {
         }
     }
 
-    fn defined_sequence(
-        &self,
-        mut pos: usize,
-        end: usize,
-        depth: usize,
-    ) -> Result<(), StructureError> {
+    fn defined_sequence(&self, mut pos: usize, end: usize, depth: usize) -> Result<(), StructureError> {
         while pos < end {
             let tag = self.tag_at(pos)?;
             if tag != ITEM {
@@ -238,14 +255,7 @@ impl Walker<'_> {
         Ok(())
     }
 
-    fn item(
-        &self,
-        start: usize,
-        len: u32,
-        end: usize,
-        depth: usize,
-        fragment: bool,
-    ) -> Result<usize, StructureError> {
+    fn item(&self, start: usize, len: u32, end: usize, depth: usize, fragment: bool) -> Result<usize, StructureError> {
         if len == UNDEFINED {
             if fragment {
                 return err(start, "pixel data fragment of undefined length");
@@ -256,7 +266,9 @@ impl Walker<'_> {
             Some(v) if v <= end => v,
             _ => return err(start, "item length exceeds its container"),
         };
-        if !fragment {
+        if fragment {
+            self.fragment_items.set(self.fragment_items.get() + 1);
+        } else {
             self.data_set(start, item_end, depth, false)?;
         }
         Ok(item_end)
@@ -280,19 +292,7 @@ pub fn data_set_offset(bytes: &[u8]) -> Option<usize> {
         // Explicit VR little endian: these VRs have a 4-byte length after 2 reserved bytes.
         let long = matches!(
             vr,
-            b"OB"
-                | b"OD"
-                | b"OF"
-                | b"OL"
-                | b"OV"
-                | b"OW"
-                | b"SQ"
-                | b"SV"
-                | b"UC"
-                | b"UN"
-                | b"UR"
-                | b"UT"
-                | b"UV"
+            b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR" | b"UT" | b"UV"
         );
         let (header_len, value_len) = if long {
             let l = bytes.get(pos + 8..pos + 12)?;
@@ -305,10 +305,20 @@ pub fn data_set_offset(bytes: &[u8]) -> Option<usize> {
     (pos <= bytes.len()).then_some(pos)
 }
 
-/// Checks a whole data set (the bytes after the file meta) and returns
-/// where its elements end: before any trailing zero padding.
-pub fn check(bytes: &[u8], encoding: Encoding) -> Result<usize, StructureError> {
-    Walker { bytes, encoding }.data_set(0, bytes.len(), 0, false)
+/// Checks a whole data set (the bytes after the file meta): where its
+/// elements end (before any trailing zero padding) and what its pixel data is.
+pub fn check(bytes: &[u8], encoding: Encoding) -> Result<Walked, StructureError> {
+    let walker = Walker {
+        bytes,
+        encoding,
+        fragment_items: std::cell::Cell::new(0),
+        pixel_data: std::cell::Cell::new(None),
+    };
+    let end = walker.data_set(0, bytes.len(), 0, false)?;
+    Ok(Walked {
+        end,
+        pixel_data: walker.pixel_data.get(),
+    })
 }
 
 #[cfg(test)]
@@ -359,7 +369,16 @@ mod tests {
     fn accepts_a_simple_data_set() {
         let mut ds = explicit((0x0008, 0x0060), b"CS", b"MR");
         ds.extend(explicit((0x0028, 0x0010), b"US", &[0, 1]));
-        assert_eq!(check(&ds, Encoding::ExplicitLittle), Ok(ds.len()));
+        let mut pixels = vec![0xe0, 0x7f, 0x10, 0x00, b'O', b'W', 0, 0, 8, 0, 0, 0];
+        pixels.extend_from_slice(&[0; 8]);
+        ds.extend(pixels);
+        assert_eq!(
+            check(&ds, Encoding::ExplicitLittle),
+            Ok(Walked {
+                end: ds.len(),
+                pixel_data: Some(PixelData::Native { bytes: 8 })
+            })
+        );
     }
 
     #[test]
@@ -384,21 +403,20 @@ mod tests {
     fn walks_undefined_length_sequences_and_fragments() {
         let mut ds = Vec::new();
         // (0008,1140) SQ undefined, one undefined item holding one element.
-        ds.extend_from_slice(&[
-            0x08, 0x00, 0x40, 0x11, b'S', b'Q', 0, 0, 0xff, 0xff, 0xff, 0xff,
-        ]);
+        ds.extend_from_slice(&[0x08, 0x00, 0x40, 0x11, b'S', b'Q', 0, 0, 0xff, 0xff, 0xff, 0xff]);
         ds.extend_from_slice(&[0xfe, 0xff, 0x00, 0xe0, 0xff, 0xff, 0xff, 0xff]);
         ds.extend(explicit((0x0008, 0x1150), b"UI", b"1.2"));
         ds.extend_from_slice(&[0xfe, 0xff, 0x0d, 0xe0, 0, 0, 0, 0]);
         ds.extend_from_slice(&[0xfe, 0xff, 0xdd, 0xe0, 0, 0, 0, 0]);
         // Encapsulated pixel data: empty offset table, one 4-byte fragment.
-        ds.extend_from_slice(&[
-            0xe0, 0x7f, 0x10, 0x00, b'O', b'B', 0, 0, 0xff, 0xff, 0xff, 0xff,
-        ]);
+        ds.extend_from_slice(&[0xe0, 0x7f, 0x10, 0x00, b'O', b'B', 0, 0, 0xff, 0xff, 0xff, 0xff]);
         ds.extend_from_slice(&[0xfe, 0xff, 0x00, 0xe0, 0, 0, 0, 0]);
         ds.extend_from_slice(&[0xfe, 0xff, 0x00, 0xe0, 4, 0, 0, 0, 1, 2, 3, 4]);
         ds.extend_from_slice(&[0xfe, 0xff, 0xdd, 0xe0, 0, 0, 0, 0]);
-        assert_eq!(check(&ds, Encoding::ExplicitLittle), Ok(ds.len()));
+        assert_eq!(
+            check(&ds, Encoding::ExplicitLittle).unwrap().pixel_data,
+            Some(PixelData::Encapsulated { fragments: 1 })
+        );
         // Drop the sequence delimiter: an error, not a hang.
         ds.truncate(ds.len() - 8);
         assert!(check(&ds, Encoding::ExplicitLittle).is_err());
@@ -408,7 +426,13 @@ mod tests {
     fn tolerates_trailing_zero_padding() {
         let mut ds = explicit((0x0008, 0x0060), b"CS", b"MR");
         ds.extend_from_slice(&[0; 37]);
-        assert_eq!(check(&ds, Encoding::ExplicitLittle), Ok(ds.len() - 37));
+        assert_eq!(
+            check(&ds, Encoding::ExplicitLittle),
+            Ok(Walked {
+                end: ds.len() - 37,
+                pixel_data: None
+            })
+        );
         ds.push(1);
         assert!(check(&ds, Encoding::ExplicitLittle).is_err());
     }
@@ -417,9 +441,7 @@ mod tests {
     fn rejects_deep_nesting() {
         let mut deep = Vec::new();
         for _ in 0..40 {
-            deep.extend_from_slice(&[
-                0x08, 0x00, 0x40, 0x11, b'S', b'Q', 0, 0, 0xff, 0xff, 0xff, 0xff,
-            ]);
+            deep.extend_from_slice(&[0x08, 0x00, 0x40, 0x11, b'S', b'Q', 0, 0, 0xff, 0xff, 0xff, 0xff]);
             deep.extend_from_slice(&[0xfe, 0xff, 0x00, 0xe0, 0xff, 0xff, 0xff, 0xff]);
         }
         assert_eq!(

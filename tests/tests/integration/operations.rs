@@ -42,11 +42,7 @@ fn disk_watermark_refuses_associations_and_readiness() {
     assert!(body.contains("watermark"), "{body}");
     let o = d.storescu("MODALITY", &[], &[testdata("pydicom/MR_small.dcm")]);
     assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("Temporary Congestion"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("Temporary Congestion"), "{}", stderr(&o));
     assert_eq!(
         d.metric("spineagent_associations_refused_total{reason=\"disk_watermark\"}"),
         1.0
@@ -85,9 +81,7 @@ fn sigterm_during_transfer_acknowledges_only_what_is_stored() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    d.wait_for("some stored", Duration::from_secs(60), || {
-        d.stored_files().len() >= 10
-    });
+    d.wait_for("some stored", Duration::from_secs(60), || d.stored_files().len() >= 10);
     let (status, _) = d.sigterm();
     assert!(status.success());
     let out = sender.wait_with_output().unwrap();
@@ -105,11 +99,7 @@ fn check_config_names_the_bad_key() {
     let tmp = tempfile::tempdir().unwrap();
     let good = tmp.path().join("good.toml");
     std::fs::write(&good, spineagent::config::DEFAULT_CONFIG_TOML).unwrap();
-    let o = Command::new(bin())
-        .arg("check-config")
-        .arg(&good)
-        .output()
-        .unwrap();
+    let o = Command::new(bin()).arg("check-config").arg(&good).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let bad = tmp.path().join("bad.toml");
     std::fs::write(
@@ -117,35 +107,18 @@ fn check_config_names_the_bad_key() {
         spineagent::config::DEFAULT_CONFIG_TOML.replace("[metrics]", "[metrics]\nport = 1"),
     )
     .unwrap();
-    let o = Command::new(bin())
-        .arg("check-config")
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let o = Command::new(bin()).arg("check-config").arg(&bad).output().unwrap();
     assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("unknown field `port`"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("unknown field `port`"), "{}", stderr(&o));
     let invalid = tmp.path().join("invalid.toml");
     std::fs::write(
         &invalid,
-        spineagent::config::DEFAULT_CONFIG_TOML
-            .replace("max_associations = 32", "max_associations = 0"),
+        spineagent::config::DEFAULT_CONFIG_TOML.replace("max_associations = 32", "max_associations = 0"),
     )
     .unwrap();
-    let o = Command::new(bin())
-        .arg("check-config")
-        .arg(&invalid)
-        .output()
-        .unwrap();
+    let o = Command::new(bin()).arg("check-config").arg(&invalid).output().unwrap();
     assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("limits.max_associations"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("limits.max_associations"), "{}", stderr(&o));
 }
 
 #[test]
@@ -171,14 +144,7 @@ fn command_line_overrides_the_file() {
     for _ in 0..100 {
         std::thread::sleep(Duration::from_millis(100));
         let o = Command::new("echoscu")
-            .args([
-                "-aet",
-                "X",
-                "-aec",
-                "SPINEAGENT",
-                "127.0.0.1",
-                &port.to_string(),
-            ])
+            .args(["-aet", "X", "-aec", "SPINEAGENT", "127.0.0.1", &port.to_string()])
             .output()
             .unwrap();
         if o.status.success() {

@@ -40,14 +40,7 @@ fn storescu_series_over_four_parallel_associations() {
             .output()
             .unwrap();
         let line = String::from_utf8_lossy(&sop.stdout);
-        let uid = line
-            .split('[')
-            .nth(1)
-            .unwrap()
-            .split(']')
-            .next()
-            .unwrap()
-            .to_string();
+        let uid = line.split('[').nth(1).unwrap().split(']').next().unwrap().to_string();
         let stored = stored
             .iter()
             .find(|p| p.file_name().unwrap().to_string_lossy() == format!("{uid}.dcm"));
@@ -59,19 +52,9 @@ fn storescu_series_over_four_parallel_associations() {
 #[test]
 fn wrong_called_ae_is_refused() {
     let d = Daemon::start(Opts::default());
-    let o = storescu_to(
-        "NOT_US",
-        d.port,
-        "MODALITY",
-        &[],
-        &[testdata("pydicom/MR_small.dcm")],
-    );
+    let o = storescu_to("NOT_US", d.port, "MODALITY", &[], &[testdata("pydicom/MR_small.dcm")]);
     assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("Called AE Title Not Recognized"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("Called AE Title Not Recognized"), "{}", stderr(&o));
     assert_eq!(
         d.metric("spineagent_associations_refused_total{reason=\"called_ae_not_recognized\"}"),
         1.0
@@ -115,9 +98,7 @@ fn association_limit_refuses_with_local_limit_exceeded() {
         let o = d.echoscu("SECOND");
         !o.status.success() && stderr(&o).contains("Local Limit Exceeded")
     });
-    assert!(
-        d.metric("spineagent_associations_refused_total{reason=\"local_limit_exceeded\"}") >= 1.0
-    );
+    assert!(d.metric("spineagent_associations_refused_total{reason=\"local_limit_exceeded\"}") >= 1.0);
     drop(holder);
     d.wait_for("slot released", std::time::Duration::from_secs(10), || {
         d.echoscu("THIRD").status.success()

@@ -119,9 +119,7 @@ fn every_accepted_transfer_syntax_is_stored_and_decodes_identically() {
             let dst = tmp.path().join(format!("{i}-{}.dcm", v.uid));
             run(&mut (v.make)(&src, &dst));
             // A new SOP Instance UID per variant so all are stored side by side.
-            run(Command::new("dcmodify")
-                .args(["-q", "-nb", "-gin"])
-                .arg(&dst));
+            run(Command::new("dcmodify").args(["-q", "-nb", "-gin"]).arg(&dst));
             assert_eq!(
                 transfer_syntax_of(&dst),
                 v.uid,
@@ -156,17 +154,9 @@ fn every_accepted_transfer_syntax_is_stored_and_decodes_identically() {
         // Stored in the syntax it was sent in (one context per syntax was proposed).
         assert_eq!(transfer_syntax_of(stored_file), ts);
         let got = decoded_pixels(stored_file);
-        assert_eq!(
-            got,
-            decoded_pixels(file),
-            "{ts}: stored pixels differ from sent pixels"
-        );
+        assert_eq!(got, decoded_pixels(file), "{ts}: stored pixels differ from sent pixels");
         if *lossless {
-            assert_eq!(
-                got,
-                decoded_pixels(original),
-                "{ts}: lossless syntax changed pixels"
-            );
+            assert_eq!(got, decoded_pixels(original), "{ts}: lossless syntax changed pixels");
         }
     }
 }
@@ -184,10 +174,7 @@ fn pydicom_shipped_syntaxes_are_stored() {
     ];
     // These share one SOP Instance UID: the first is stored, the rest are
     // idempotent duplicates (Success, earlier file kept).
-    let files: Vec<PathBuf> = names
-        .iter()
-        .map(|n| testdata(&format!("pydicom/{n}")))
-        .collect();
+    let files: Vec<PathBuf> = names.iter().map(|n| testdata(&format!("pydicom/{n}"))).collect();
     let tmp = tempfile::tempdir().unwrap();
     let syntaxes: Vec<&str> = variants().iter().map(|v| v.uid).collect();
     let profile = storescu_profile(tmp.path(), &syntaxes);

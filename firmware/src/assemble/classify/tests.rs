@@ -19,14 +19,7 @@ struct Row {
     region: Region,
 }
 
-const fn row(
-    vendor: &'static str,
-    description: &'static str,
-    te: f64,
-    tr: f64,
-    family: Family,
-    region: Region,
-) -> Row {
+const fn row(vendor: &'static str, description: &'static str, te: f64, tr: f64, family: Family, region: Region) -> Row {
     Row {
         vendor,
         description,
@@ -84,47 +77,19 @@ fn rows() -> Vec<Row> {
         },
         Row {
             contrast: true,
-            ..row(
-                "SIEMENS",
-                "t1_tse_sag_fs_post HWS",
-                10.0,
-                600.0,
-                T1Post,
-                Cervical,
-            )
+            ..row("SIEMENS", "t1_tse_sag_fs_post HWS", 10.0, 600.0, T1Post, Cervical)
         },
         Row {
             image_type: &["DERIVED", "PRIMARY", "DIXON", "WATER"],
-            ..row(
-                "SIEMENS",
-                "t2_tse_dixon_sag_W",
-                90.0,
-                3500.0,
-                DixonWater,
-                Unknown,
-            )
+            ..row("SIEMENS", "t2_tse_dixon_sag_W", 90.0, 3500.0, DixonWater, Unknown)
         },
         Row {
             image_type: &["DERIVED", "PRIMARY", "DIXON", "FAT"],
-            ..row(
-                "SIEMENS",
-                "t2_tse_dixon_sag_F",
-                90.0,
-                3500.0,
-                DixonFat,
-                Unknown,
-            )
+            ..row("SIEMENS", "t2_tse_dixon_sag_F", 90.0, 3500.0, DixonFat, Unknown)
         },
         Row {
             image_type: &["DERIVED", "PRIMARY", "DIXON", "IN_PHASE"],
-            ..row(
-                "SIEMENS",
-                "t2_tse_dixon_sag_in",
-                90.0,
-                3500.0,
-                DixonInPhase,
-                Unknown,
-            )
+            ..row("SIEMENS", "t2_tse_dixon_sag_in", 90.0, 3500.0, DixonInPhase, Unknown)
         },
         Row {
             image_type: &["DERIVED", "PRIMARY", "DIXON", "OPP_PHASE"],
@@ -153,14 +118,7 @@ fn rows() -> Vec<Row> {
         // GE
         Row {
             body_part: "LSPINE",
-            ..row(
-                "GE MEDICAL SYSTEMS",
-                "Sag T2 FRFSE",
-                102.0,
-                3200.0,
-                T2,
-                Lumbar,
-            )
+            ..row("GE MEDICAL SYSTEMS", "Sag T2 FRFSE", 102.0, 3200.0, T2, Lumbar)
         },
         Row {
             body_part: "LSPINE",
@@ -169,35 +127,14 @@ fn rows() -> Vec<Row> {
         Row {
             scanning: &["SE", "IR"],
             ti: Some(900.0),
-            ..row(
-                "GE MEDICAL SYSTEMS",
-                "Sag T1 FLAIR C-Spine",
-                10.0,
-                2000.0,
-                T1,
-                Cervical,
-            )
+            ..row("GE MEDICAL SYSTEMS", "Sag T1 FLAIR C-Spine", 10.0, 2000.0, T1, Cervical)
         },
         Row {
             scanning: &["IR"],
             ti: Some(150.0),
-            ..row(
-                "GE MEDICAL SYSTEMS",
-                "Sag STIR",
-                40.0,
-                3500.0,
-                Stir,
-                Unknown,
-            )
+            ..row("GE MEDICAL SYSTEMS", "Sag STIR", 40.0, 3500.0, Stir, Unknown)
         },
-        row(
-            "GE MEDICAL SYSTEMS",
-            "Ax T2 FRFSE L-SPINE",
-            100.0,
-            4000.0,
-            T2,
-            Lumbar,
-        ),
+        row("GE MEDICAL SYSTEMS", "Ax T2 FRFSE L-SPINE", 100.0, 4000.0, T2, Lumbar),
         row(
             "GE MEDICAL SYSTEMS",
             "Sag T2 IDEAL WATER",
@@ -233,25 +170,11 @@ fn rows() -> Vec<Row> {
         Row {
             image_type: &["ORIGINAL", "PRIMARY", "LOCALIZER"],
             scanning: &["GR"],
-            ..row(
-                "GE MEDICAL SYSTEMS",
-                "3-Plane Loc",
-                1.5,
-                5.0,
-                Localizer,
-                Unknown,
-            )
+            ..row("GE MEDICAL SYSTEMS", "3-Plane Loc", 1.5, 5.0, Localizer, Unknown)
         },
         Row {
             contrast: true,
-            ..row(
-                "GE MEDICAL SYSTEMS",
-                "Sag T1 FSE +C",
-                10.0,
-                500.0,
-                T1Post,
-                Unknown,
-            )
+            ..row("GE MEDICAL SYSTEMS", "Sag T1 FSE +C", 10.0, 500.0, T1Post, Unknown)
         },
         Row {
             scanning: &["EP"],
@@ -260,38 +183,17 @@ fn rows() -> Vec<Row> {
         // Philips
         Row {
             body_part: "SPINE",
-            ..row(
-                "Philips Medical Systems",
-                "sT2W_TSE",
-                100.0,
-                3000.0,
-                T2,
-                Spine,
-            )
+            ..row("Philips Medical Systems", "sT2W_TSE", 100.0, 3000.0, T2, Spine)
         },
         Row {
             body_part: "SPINE",
             ..row("Philips Medical Systems", "sT1W_TSE", 8.0, 450.0, T1, Spine)
         },
-        row(
-            "Philips Medical Systems",
-            "T2W_TSE_TRA LWS",
-            110.0,
-            3500.0,
-            T2,
-            Lumbar,
-        ),
+        row("Philips Medical Systems", "T2W_TSE_TRA LWS", 110.0, 3500.0, T2, Lumbar),
         Row {
             scanning: &["IR"],
             ti: Some(180.0),
-            ..row(
-                "Philips Medical Systems",
-                "sSTIR",
-                60.0,
-                4200.0,
-                Stir,
-                Unknown,
-            )
+            ..row("Philips Medical Systems", "sSTIR", 60.0, 4200.0, Stir, Unknown)
         },
         Row {
             image_type: &["ORIGINAL", "PRIMARY", "W", "W", "DIXON"],
@@ -333,50 +235,22 @@ fn rows() -> Vec<Row> {
         ),
         Row {
             scanning: &["GR"],
-            ..row(
-                "Philips Medical Systems",
-                "Survey",
-                2.0,
-                10.0,
-                Localizer,
-                Unknown,
-            )
+            ..row("Philips Medical Systems", "Survey", 2.0, 10.0, Localizer, Unknown)
         },
         Row {
             contrast: true,
-            ..row(
-                "Philips Medical Systems",
-                "sT1W_TSE_GD",
-                8.0,
-                450.0,
-                T1Post,
-                Unknown,
-            )
+            ..row("Philips Medical Systems", "sT1W_TSE_GD", 8.0, 450.0, T1Post, Unknown)
         },
         Row {
             scanning: &["SE"],
-            ..row(
-                "Philips Medical Systems",
-                "Brain T2W_TSE",
-                100.0,
-                3000.0,
-                T2,
-                NotSpine,
-            )
+            ..row("Philips Medical Systems", "Brain T2W_TSE", 100.0, 3000.0, T2, NotSpine)
         },
         // Canon (Toshiba)
         Row {
             body_part: "TSPINE",
             ..row("CANON_MEC", "Sag T1 FSE", 12.0, 520.0, T1, Thoracic)
         },
-        row(
-            "CANON_MEC",
-            "T2W_FSE_SAG T-SPINE",
-            110.0,
-            3800.0,
-            T2,
-            Thoracic,
-        ),
+        row("CANON_MEC", "T2W_FSE_SAG T-SPINE", 110.0, 3800.0, T2, Thoracic),
         Row {
             scanning: &["IR"],
             ti: Some(170.0),
@@ -450,14 +324,7 @@ fn usability_reasons() {
     };
     let t2 = header(&Row {
         body_part: "LSPINE",
-        ..row(
-            "GE",
-            "Sag T2 FRFSE",
-            100.0,
-            3000.0,
-            Family::T2,
-            Region::Lumbar,
-        )
+        ..row("GE", "Sag T2 FRFSE", 100.0, 3000.0, Family::T2, Region::Lumbar)
     });
     assert_eq!(classify(&rules, &t2, shape, 3, false).skip_reason, None);
     let coronal = SeriesShape {
@@ -473,27 +340,13 @@ fn usability_reasons() {
         classify(&rules, &t2, thin, 3, false).skip_reason,
         Some(SkipReason::TooFewSlices)
     );
-    let unnamed = header(&row(
-        "GE",
-        "Sag T2",
-        100.0,
-        3000.0,
-        Family::T2,
-        Region::Unknown,
-    ));
+    let unnamed = header(&row("GE", "Sag T2", 100.0, 3000.0, Family::T2, Region::Unknown));
     assert_eq!(
         classify(&rules, &unnamed, shape, 3, false).skip_reason,
         Some(SkipReason::RegionUnknown)
     );
     assert_eq!(classify(&rules, &unnamed, shape, 3, true).skip_reason, None);
-    let loc = header(&row(
-        "GE",
-        "3-Plane Loc",
-        1.0,
-        5.0,
-        Family::Localizer,
-        Region::Unknown,
-    ));
+    let loc = header(&row("GE", "3-Plane Loc", 1.0, 5.0, Family::Localizer, Region::Unknown));
     assert_eq!(
         classify(&rules, &loc, shape, 3, true).skip_reason,
         Some(SkipReason::Localizer)
@@ -503,10 +356,7 @@ fn usability_reasons() {
 #[test]
 fn bad_rule_tables_are_clear_errors() {
     let err = Rules::from_toml("[[family]]\nfamily = \"t2\"\nname = \"(unclosed\"").unwrap_err();
-    assert!(
-        err.to_string().contains("rule 1 (family): bad regex"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("rule 1 (family): bad regex"), "{err}");
     let err = Rules::from_toml("[[family]]\nfamily = \"t2\"").unwrap_err();
     assert!(err.to_string().contains("at least one condition"), "{err}");
     let err = Rules::from_toml("[[family]]\nfamily = \"t9\"\nname = \"x\"").unwrap_err();
