@@ -19,6 +19,7 @@ pub struct Metrics {
     pub received_bytes_total: IntCounter,
     pub store_failures_total: IntCounterVec,
     pub instance_store_seconds: Histogram,
+    pub instance_receive_seconds: Histogram,
     pub spool_filesystem_used_ratio: Gauge,
     pub spool_filesystem_available_bytes: IntGauge,
     pub spool_instances_bytes: IntGauge,
@@ -68,6 +69,18 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(instance_store_seconds.clone()))
             .expect("unique metric");
+        let instance_receive_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "spineagent_instance_receive_seconds",
+                "Time from a C-STORE command to the last PDV of its data set (network and spool writes)",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(instance_receive_seconds.clone()))
+            .expect("unique metric");
         let spool_filesystem_used_ratio = Gauge::new(
             "spineagent_spool_filesystem_used_ratio",
             "Used fraction of the spool's filesystem",
@@ -113,6 +126,7 @@ impl Metrics {
                 &["reason"],
             ),
             instance_store_seconds,
+            instance_receive_seconds,
             spool_filesystem_used_ratio,
             spool_filesystem_available_bytes: int_gauge(
                 &r,

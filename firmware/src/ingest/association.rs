@@ -57,6 +57,8 @@ struct Store {
     /// None once refused: the remaining PDVs are drained, then `refused` is sent.
     pending: Option<PendingInstance>,
     refused: Option<Rejection>,
+    /// When the command arrived: the data set's transfer time is measured from here.
+    started: Instant,
 }
 
 /// A protocol violation: we abort the association.
@@ -273,6 +275,7 @@ impl Handler {
             request,
             pending,
             refused,
+            started: Instant::now(),
         }));
         Ok(())
     }
@@ -303,7 +306,12 @@ impl Handler {
             request,
             pending,
             refused,
+            started,
         } = *store;
+        self.ctx
+            .metrics
+            .instance_receive_seconds
+            .observe(started.elapsed().as_secs_f64());
         let outcome = match (pending, refused) {
             (_, Some(r)) => Err(r),
             (Some(p), None) => {
