@@ -349,7 +349,7 @@ pub fn storescu_to(called: &str, port: u16, calling: &str, extra: &[&str], files
         .unwrap()
 }
 
-/// A storescu configuration proposing MR Image Storage once in each of
+/// A storescu configuration proposing (Enhanced) MR Image Storage once in each of
 /// `transfer_syntaxes` (one presentation context per syntax), so files go
 /// out in their own syntax, whatever it is. Returns the `-xf` arguments.
 pub fn storescu_profile(dir: &Path, transfer_syntaxes: &[&str]) -> Vec<String> {
@@ -358,8 +358,12 @@ pub fn storescu_profile(dir: &Path, transfer_syntaxes: &[&str]) -> Vec<String> {
         cfg.push_str(&format!("[TS{i}]\nTransferSyntax1 = {ts}\n"));
     }
     cfg.push_str("[[PresentationContexts]]\n[MR]\n");
-    for i in 0..transfer_syntaxes.len() {
-        cfg.push_str(&format!("PresentationContext{} = MRImageStorage\\TS{i}\n", i + 1));
+    let mut n = 0;
+    for class in ["MRImageStorage", "EnhancedMRImageStorage"] {
+        for i in 0..transfer_syntaxes.len() {
+            n += 1;
+            cfg.push_str(&format!("PresentationContext{n} = {class}\\TS{i}\n"));
+        }
     }
     cfg.push_str("[[Profiles]]\n[Every]\nPresentationContexts = MR\n");
     let path = dir.join("storescu.cfg");

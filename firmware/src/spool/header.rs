@@ -241,3 +241,73 @@ impl InstanceHeader {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dicom_core::value::DataSetSequence;
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+
+    fn seq(tag: Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemDicomObject> {
+        DataElement::new(tag, VR::SQ, DataSetSequence::from(items))
+    }
+
+    fn ds(tag: Tag, values: &[f64]) -> DataElement<InMemDicomObject> {
+        // Parsed files hold multi-valued DS as several strings.
+        let text: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+        DataElement::new(tag, VR::DS, PrimitiveValue::Strs(text.into()))
+    }
+
+    #[test]
+    fn enhanced_mr_geometry_comes_from_functional_groups() {
+        let shared = InMemDicomObject::from_element_iter([
+            seq(
+                tags::PLANE_ORIENTATION_SEQUENCE,
+                vec![InMemDicomObject::from_element_iter([ds(
+                    tags::IMAGE_ORIENTATION_PATIENT,
+                    &[0.0, 1.0, 0.0, 0.0, 0.0, -1.0],
+                )])],
+            ),
+            seq(
+                tags::PIXEL_MEASURES_SEQUENCE,
+                vec![InMemDicomObject::from_element_iter([
+                    ds(tags::PIXEL_SPACING, &[0.5, 0.5]),
+                    ds(tags::SLICE_THICKNESS, &[3.0]),
+                ])],
+            ),
+            seq(
+                tags::MR_TIMING_AND_RELATED_PARAMETERS_SEQUENCE,
+                vec![InMemDicomObject::from_element_iter([ds(
+                    tags::REPETITION_TIME,
+                    &[3200.0],
+                )])],
+            ),
+        ]);
+        let frames: Vec<InMemDicomObject> = (0..3)
+            .map(|i| {
+                InMemDicomObject::from_element_iter([seq(
+                    tags::PLANE_POSITION_SEQUENCE,
+                    vec![InMemDicomObject::from_element_iter([ds(
+                        tags::IMAGE_POSITION_PATIENT,
+                        &[i as f64 * 4.0, -100.0, 50.0],
+                    )])],
+                )])
+            })
+            .collect();
+        let obj = InMemDicomObject::from_element_iter([
+            seq(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, vec![shared]),
+            seq(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, frames),
+            DataElement::new(tags::NUMBER_OF_FRAMES, VR::IS, PrimitiveValue::from("3")),
+        ]);
+        let h = InstanceHeader::from_object(&obj, "1.2.840.10008.1.2.1");
+        assert_eq!(h.orientation, Some([0.0, 1.0, 0.0, 0.0, 0.0, -1.0]));
+        assert_eq!(
+            h.positions,
+            vec![[0.0, -100.0, 50.0], [4.0, -100.0, 50.0], [8.0, -100.0, 50.0]]
+        );
+        assert_eq!(h.pixel_spacing, Some([0.5, 0.5]));
+        assert_eq!(h.slice_thickness_mm, Some(3.0));
+        assert_eq!(h.repetition_time_ms, Some(3200.0));
+        assert_eq!(h.number_of_frames, 3);
+    }
+}
