@@ -101,6 +101,9 @@ fn check_config_names_the_bad_key() {
     std::fs::write(&good, spineagent::config::DEFAULT_CONFIG_TOML).unwrap();
     let o = Command::new(bin()).arg("check-config").arg(&good).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
+    // The shipped production configuration stays valid.
+    let o = Command::new(bin()).arg("check-config").arg(root().join("deploy/spineagent.toml")).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
     let bad = tmp.path().join("bad.toml");
     std::fs::write(
         &bad,
