@@ -477,3 +477,6 @@ pub fn read_header(path: &Path) -> Result<InstanceHeader, dicom_object::ReadErro
     let obj = OpenFileOptions::new().read_until(tags::PIXEL_DATA).open_file(path)?;
     Ok(InstanceHeader::from_object(&obj, obj.meta().transfer_syntax()))
 }
+
+#[cfg(test)]
+mod tests;

@@ -102,7 +102,11 @@ fn check_config_names_the_bad_key() {
     let o = Command::new(bin()).arg("check-config").arg(&good).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     // The shipped production configuration stays valid.
-    let o = Command::new(bin()).arg("check-config").arg(root().join("deploy/spineagent.toml")).output().unwrap();
+    let o = Command::new(bin())
+        .arg("check-config")
+        .arg(root().join("deploy/spineagent.toml"))
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let bad = tmp.path().join("bad.toml");
     std::fs::write(

@@ -130,3 +130,31 @@ fn own_scu_sends_and_echoes() {
         assert!(original.exists());
     }
 }
+
+#[test]
+fn a_silent_peer_loses_its_slot_after_the_read_timeout() {
+    use std::io::Write;
+    let d = Daemon::start(Opts {
+        max_associations: 1,
+        read_timeout: 2,
+        ..Opts::default()
+    });
+    // Half an A-ASSOCIATE-RQ, then silence, with the socket held open.
+    let mut hung = std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    hung.write_all(&[0x01, 0x00, 0x00, 0x00, 0x01, 0x00]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!d.echoscu("BLOCKED").status.success(), "the only slot should be taken");
+    let started = std::time::Instant::now();
+    d.wait_for(
+        "slot freed by the read timeout",
+        std::time::Duration::from_secs(10),
+        || d.echoscu("NEXT").status.success(),
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(d.metric("spineagent_associations_refused_total{reason=\"negotiation_timeout\"}") >= 1.0);
+    drop(hung);
+}
