@@ -268,6 +268,14 @@ impl Daemon {
             .unwrap_or(0.0)
     }
 
+    /// Waits until a metric sample reaches `value` (the daemon counts some
+    /// events just after answering the peer, so a test may ask first).
+    pub fn wait_for_metric(&self, sample: &str, value: f64) {
+        self.wait_for(&format!("{sample} = {value}"), Duration::from_secs(5), || {
+            self.metric(sample) == value
+        });
+    }
+
     pub fn ae(&self) -> String {
         format!("SPINEAGENT@127.0.0.1:{}", self.port)
     }
@@ -369,6 +377,81 @@ pub fn storescu_profile(dir: &Path, transfer_syntaxes: &[&str]) -> Vec<String> {
     let path = dir.join("storescu.cfg");
     std::fs::write(&path, cfg).unwrap();
     vec!["-xf".into(), path.to_string_lossy().into_owned(), "Every".into()]
+}
+
+/// storescu -v in the background (stderr piped), for tests that interrupt
+/// a transfer; pair with [`acknowledged`].
+pub fn spawn_storescu_verbose(port: u16, files: &[PathBuf]) -> Child {
+    require_tool("storescu");
+    Command::new("storescu")
+        .env("TCP_NODELAY", "1")
+        .args([
+            "-v",
+            "-aet",
+            "MODALITY",
+            "-aec",
+            "SPINEAGENT",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .args(files)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The files storescu -v reports as acknowledged with Success, in order.
+pub fn acknowledged(storescu_stderr: &str) -> Vec<PathBuf> {
+    let mut current: Option<PathBuf> = None;
+    let mut acked = Vec::new();
+    for line in storescu_stderr.lines() {
+        if let Some(f) = line.strip_prefix("I: Sending file: ") {
+            current = Some(PathBuf::from(f.trim()));
+        } else if line.starts_with("I: Received Store Response (Success)") {
+            acked.push(current.take().expect("a response follows a file"));
+        }
+    }
+    acked
+}
+
+/// Raw A-ASSOCIATE-RQ from MODALITY to SPINEAGENT proposing MR Image Storage
+/// in `ts` (context id 1); returns the socket and the peer's answer PDU.
+pub fn raw_associate(port: u16, ts: &str) -> (TcpStream, dicom_ul::Pdu) {
+    use dicom_ul::pdu::*;
+    let rq = Pdu::AssociationRQ(AssociationRQ {
+        protocol_version: 1,
+        calling_ae_title: "MODALITY".into(),
+        called_ae_title: "SPINEAGENT".into(),
+        application_context_name: "1.2.840.10008.3.1.1.1".into(),
+        presentation_contexts: vec![PresentationContextProposed {
+            id: 1,
+            abstract_syntax: "1.2.840.10008.5.1.4.1.1.4".into(),
+            transfer_syntaxes: vec![ts.into()],
+        }],
+        user_variables: vec![UserVariableItem::MaxLength(16384)],
+    });
+    let mut bytes = Vec::new();
+    write_pdu(&mut bytes, &rq).unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&bytes).unwrap();
+    let pdu = read_one_pdu(&mut s);
+    (s, pdu)
+}
+
+/// Reads exactly one PDU from a raw socket.
+pub fn read_one_pdu(s: &mut TcpStream) -> dicom_ul::Pdu {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Ok(Some(pdu)) = dicom_ul::pdu::read_pdu(&got[..], 1 << 20, false) {
+            return pdu;
+        }
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "connection closed before a whole PDU");
+        got.extend_from_slice(&buf[..n]);
+    }
 }
 
 pub fn stderr(o: &Output) -> String {

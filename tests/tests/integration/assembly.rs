@@ -114,8 +114,8 @@ fn real_series_is_assembled_classified_and_ordered() {
     let mut sorted = numbers.clone();
     sorted.sort();
     assert_ne!(numbers, sorted, "test data must not be ordered by InstanceNumber");
-    assert_eq!(d.metric("spineagent_series_completed_total"), 1.0);
-    assert_eq!(d.metric("spineagent_studies_completed_total"), 1.0);
+    d.wait_for_metric("spineagent_series_completed_total", 1.0);
+    d.wait_for_metric("spineagent_studies_completed_total", 1.0);
 }
 
 #[test]
@@ -135,5 +135,5 @@ fn brain_series_is_recorded_and_skipped() {
     assert_eq!(s.class.family, classify::Family::Pd);
     assert_eq!(s.class.region, classify::Region::NotSpine);
     assert_eq!(s.class.skip_reason, Some(classify::SkipReason::NotSpine));
-    assert_eq!(d.metric("spineagent_series_skipped_total{reason=\"not_spine\"}"), 1.0);
+    d.wait_for_metric("spineagent_series_skipped_total{reason=\"not_spine\"}", 1.0);
 }

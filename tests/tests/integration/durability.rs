@@ -3,24 +3,9 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use spineagent_tests::*;
-
-/// Files storescu -v reports as acknowledged with Success, in order.
-fn acknowledged(storescu_stderr: &str) -> Vec<PathBuf> {
-    let mut current: Option<PathBuf> = None;
-    let mut acked = Vec::new();
-    for line in storescu_stderr.lines() {
-        if let Some(f) = line.strip_prefix("I: Sending file: ") {
-            current = Some(PathBuf::from(f.trim()));
-        } else if line.starts_with("I: Received Store Response (Success)") {
-            acked.push(current.take().expect("response follows a file"));
-        }
-    }
-    acked
-}
 
 fn sop_uid(path: &std::path::Path) -> String {
     let obj = dicom_object::open_file(path).unwrap();
@@ -37,23 +22,7 @@ fn sigkill_during_transfer_loses_nothing_acknowledged() {
         ..Opts::default()
     });
 
-    require_tool("storescu");
-    let sender = Command::new("storescu")
-        .env("TCP_NODELAY", "1")
-        .args([
-            "-v",
-            "-aet",
-            "MODALITY",
-            "-aec",
-            "SPINEAGENT",
-            "127.0.0.1",
-            &d.port.to_string(),
-        ])
-        .args(&files)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let sender = spawn_storescu_verbose(d.port, &files);
     d.wait_for("some instances stored", Duration::from_secs(60), || {
         d.stored_files().len() >= 40
     });

@@ -26,37 +26,11 @@ fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
     out
 }
 
-/// An associated raw socket: A-ASSOCIATE-RQ for MR storage, AC read.
+/// An associated raw socket: MR storage in explicit VR little endian.
 fn associated_socket(port: u16) -> TcpStream {
-    use dicom_ul::pdu::*;
-    let rq = Pdu::AssociationRQ(AssociationRQ {
-        protocol_version: 1,
-        calling_ae_title: "MODALITY".into(),
-        called_ae_title: "SPINEAGENT".into(),
-        application_context_name: "1.2.840.10008.3.1.1.1".into(),
-        presentation_contexts: vec![PresentationContextProposed {
-            id: 1,
-            abstract_syntax: "1.2.840.10008.5.1.4.1.1.4".into(),
-            transfer_syntaxes: vec!["1.2.840.10008.1.2.1".into()],
-        }],
-        user_variables: vec![UserVariableItem::MaxLength(16384)],
-    });
-    let mut bytes = Vec::new();
-    write_pdu(&mut bytes, &rq).unwrap();
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(&bytes).unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    loop {
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0);
-        got.extend_from_slice(&buf[..n]);
-        if let Ok(Some(pdu)) = read_pdu(&got[..], 65536, false) {
-            assert!(matches!(pdu, Pdu::AssociationAC(_)), "{pdu:?}");
-            return s;
-        }
-    }
+    let (s, pdu) = raw_associate(port, "1.2.840.10008.1.2.1");
+    assert!(matches!(pdu, dicom_ul::Pdu::AssociationAC(_)), "{pdu:?}");
+    s
 }
 
 #[test]
@@ -225,20 +199,11 @@ fn raw_store(port: u16, sop_instance: &str, data_set: &[u8]) -> (u16, String) {
         write_pdu(&mut bytes, &pdu).unwrap();
         s.write_all(&bytes).unwrap();
     }
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0, "closed before the response");
-        got.extend_from_slice(&buf[..n]);
-        if let Ok(Some(pdu)) = read_pdu(&got[..], 1 << 20, false) {
-            let Pdu::PData { data } = pdu else {
-                panic!("expected P-DATA, got {pdu:?}")
-            };
-            let rsp = spineagent::dimse::decode_response(&data[0].data).unwrap();
-            return (rsp.status, rsp.error_comment.unwrap_or_default());
-        }
-    }
+    let dicom_ul::Pdu::PData { data } = read_one_pdu(&mut s) else {
+        panic!("expected P-DATA")
+    };
+    let rsp = spineagent::dimse::decode_response(&data[0].data).unwrap();
+    (rsp.status, rsp.error_comment.unwrap_or_default())
 }
 
 #[test]

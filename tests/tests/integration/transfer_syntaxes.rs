@@ -210,40 +210,14 @@ fn unsupported_syntax_is_refused_at_negotiation() {
     }
 }
 
-/// Sends an A-ASSOCIATE-RQ proposing MR Image Storage in `ts` only and
-/// returns the presentation context result reason from the A-ASSOCIATE-AC.
+/// The presentation context result reason for MR Image Storage proposed
+/// in `ts` only.
 fn unsupported_context_result(port: u16, ts: &str) -> u8 {
-    use dicom_ul::pdu::*;
-    use std::io::{Read, Write};
-    let rq = Pdu::AssociationRQ(AssociationRQ {
-        protocol_version: 1,
-        calling_ae_title: "MODALITY".into(),
-        called_ae_title: "SPINEAGENT".into(),
-        application_context_name: "1.2.840.10008.3.1.1.1".into(),
-        presentation_contexts: vec![PresentationContextProposed {
-            id: 1,
-            abstract_syntax: "1.2.840.10008.5.1.4.1.1.4".into(),
-            transfer_syntaxes: vec![ts.into()],
-        }],
-        user_variables: vec![UserVariableItem::MaxLength(16384)],
-    });
-    let mut bytes = Vec::new();
-    write_pdu(&mut bytes, &rq).unwrap();
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(&bytes).unwrap();
-    let mut buf = vec![0u8; 4096];
-    let mut got = Vec::new();
-    loop {
-        let n = s.read(&mut buf).unwrap();
-        got.extend_from_slice(&buf[..n]);
-        if let Ok(Some(pdu)) = read_pdu(&got[..], 65536, false) {
-            let Pdu::AssociationAC(ac) = pdu else {
-                panic!("expected A-ASSOCIATE-AC, got {pdu:?}")
-            };
-            return ac.presentation_contexts[0].reason.clone() as u8;
-        }
-        assert!(n > 0, "connection closed before A-ASSOCIATE-AC");
-    }
+    let (_socket, pdu) = raw_associate(port, ts);
+    let dicom_ul::Pdu::AssociationAC(ac) = pdu else {
+        panic!("expected A-ASSOCIATE-AC, got {pdu:?}")
+    };
+    ac.presentation_contexts[0].reason.clone() as u8
 }
 
 #[test]
