@@ -192,16 +192,18 @@ impl Spool {
             .map(|ts| ts.is_encapsulated_pixel_data())
             .unwrap_or(false);
         Ok(PendingInstance {
-            spool: self.clone(),
-            file: Some(file),
+            file,
             tmp,
-            written: 0,
-            meta: head[128..].to_vec(),
-            copy: Some(Vec::new()),
-            transfer_syntax_uid: transfer_syntax_uid.to_string(),
-            sop_class_uid: sop_class_uid.to_string(),
-            sop_instance_uid: sop_instance_uid.to_string(),
-            encapsulated,
+            received: Received {
+                spool: self.clone(),
+                written: 0,
+                meta: head[128..].to_vec(),
+                copy: Some(Vec::new()),
+                transfer_syntax_uid: transfer_syntax_uid.to_string(),
+                sop_class_uid: sop_class_uid.to_string(),
+                sop_instance_uid: sop_instance_uid.to_string(),
+                encapsulated,
+            },
         })
     }
 
@@ -228,9 +230,15 @@ impl Spool {
 /// [`discard`](Self::discard) or the next start-up to delete.
 #[derive(Debug)]
 pub struct PendingInstance {
-    spool: Spool,
-    file: Option<std::fs::File>,
+    file: std::fs::File,
     tmp: PathBuf,
+    received: Received,
+}
+
+/// What is known of an instance being received, and what its commit needs.
+#[derive(Debug)]
+struct Received {
+    spool: Spool,
     written: u64,
     /// "DICM" and the file meta group we wrote.
     meta: Vec<u8>,
@@ -244,26 +252,27 @@ pub struct PendingInstance {
 
 impl PendingInstance {
     pub fn bytes_written(&self) -> u64 {
-        self.written
+        self.received.written
     }
 
     /// Appends data set bytes. Fails (0xA700) once the instance exceeds the
     /// size limit; the caller keeps draining the PDVs and answers with it.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), Rejection> {
-        self.written += bytes.len() as u64;
-        if self.written > self.spool.max_instance_bytes {
+        let r = &mut self.received;
+        r.written += bytes.len() as u64;
+        if r.written > r.spool.max_instance_bytes {
             return Err(Rejection::new(
                 status::OUT_OF_RESOURCES,
                 "too_large",
-                format!("instance larger than {} bytes", self.spool.max_instance_bytes),
+                format!("instance larger than {} bytes", r.spool.max_instance_bytes),
             ));
         }
-        if self.written > self.spool.in_memory_bytes {
-            self.copy = None;
-        } else if let Some(copy) = self.copy.as_mut() {
+        if r.written > r.spool.in_memory_bytes {
+            r.copy = None;
+        } else if let Some(copy) = r.copy.as_mut() {
             copy.extend_from_slice(bytes);
         }
-        let file = self.file.as_mut().expect("file open until commit/discard");
+        let file = &mut self.file;
         blocking(|| {
             file.write_all(bytes).map_err(|e| io_rejection("write", e))?;
             // Start writeback now, while the rest of the data set is still
@@ -274,8 +283,8 @@ impl PendingInstance {
         })
     }
 
-    pub async fn discard(mut self) {
-        drop(self.file.take());
+    pub async fn discard(self) {
+        drop(self.file);
         blocking(|| {
             let _ = std::fs::remove_file(&self.tmp);
         });
@@ -283,21 +292,10 @@ impl PendingInstance {
 
     /// Validates the data set, then makes it durable under its final name.
     /// Only an `Ok` here may be acknowledged with Success.
-    pub async fn commit(mut self) -> Result<StoredInstance, Rejection> {
-        let file = self.file.take().expect("file open until commit/discard");
-        let tmp = self.tmp.clone();
-        let job = CommitJob {
-            spool: self.spool.clone(),
-            meta: std::mem::take(&mut self.meta),
-            copy: self.copy.take(),
-            transfer_syntax_uid: std::mem::take(&mut self.transfer_syntax_uid),
-            sop_class_uid: std::mem::take(&mut self.sop_class_uid),
-            sop_instance_uid: std::mem::take(&mut self.sop_instance_uid),
-            encapsulated: self.encapsulated,
-            written: self.written,
-        };
+    pub async fn commit(self) -> Result<StoredInstance, Rejection> {
+        let PendingInstance { file, tmp, received } = self;
         blocking(|| {
-            let result = job.run(file, &tmp);
+            let result = received.commit(file, &tmp);
             if result.as_ref().map(|s| s.duplicate).unwrap_or(true) {
                 let _ = std::fs::remove_file(&tmp);
             }
@@ -306,19 +304,8 @@ impl PendingInstance {
     }
 }
 
-struct CommitJob {
-    spool: Spool,
-    meta: Vec<u8>,
-    copy: Option<Vec<u8>>,
-    transfer_syntax_uid: String,
-    sop_class_uid: String,
-    sop_instance_uid: String,
-    encapsulated: bool,
-    written: u64,
-}
-
-impl CommitJob {
-    fn run(self, file: std::fs::File, tmp: &Path) -> Result<StoredInstance, Rejection> {
+impl Received {
+    fn commit(self, file: std::fs::File, tmp: &Path) -> Result<StoredInstance, Rejection> {
         let unparseable = |comment: String| {
             Rejection::new(
                 status::CANNOT_UNDERSTAND,
