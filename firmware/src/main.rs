@@ -55,6 +55,11 @@ enum Command {
         #[arg(long, default_value_t = 131072)]
         max_pdu: u32,
     },
+    /// Synthetic spine MRI studies with ground truth (phantoms).
+    Phantom {
+        #[command(subcommand)]
+        command: PhantomCommand,
+    },
     /// C-ECHO a remote AE.
     Echo {
         /// AET@HOST:PORT.
@@ -62,6 +67,118 @@ enum Command {
         #[arg(long, default_value = "SPINEAGENT")]
         aet: String,
     },
+}
+
+#[derive(Subcommand)]
+enum PhantomCommand {
+    /// One study: DICOM series, label volumes, truth.json, report.txt.
+    Study {
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+        /// cervical, thoracic, lumbar, whole_spine (default: drawn from the seed).
+        #[arg(long)]
+        region: Option<spineagent_phantom::levels::Region>,
+        /// siemens, ge, philips, canon (default: drawn from the seed).
+        #[arg(long)]
+        vendor: Option<spineagent_phantom::vendor::Vendor>,
+        /// 1.5 or 3 (tesla).
+        #[arg(long)]
+        field: Option<f64>,
+        /// Force findings (repeatable): CONDITION:LEVEL[:SIDE][:SEVERITY][:SUBTYPE];
+        /// `--finding none` for a normal study.
+        #[arg(long = "finding")]
+        findings: Vec<String>,
+        /// Add Dixon water/fat/in/opposed series.
+        #[arg(long)]
+        dixon: bool,
+        /// Add a T1 post-contrast series.
+        #[arg(long)]
+        contrast: bool,
+    },
+    /// A reproducible train/validation/test dataset with one vendor held out.
+    Dataset {
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The vendor style kept out of training (test_heldout_vendor split).
+        #[arg(long, default_value = "canon")]
+        held_out_vendor: spineagent_phantom::vendor::Vendor,
+    },
+}
+
+fn phantom(command: PhantomCommand) -> Result<()> {
+    use spineagent_phantom::findings::Finding;
+    let started = std::time::Instant::now();
+    match command {
+        PhantomCommand::Study {
+            seed,
+            out,
+            region,
+            vendor,
+            field,
+            findings,
+            dixon,
+            contrast,
+        } => {
+            let forced = if findings.is_empty() {
+                None
+            } else if findings.iter().any(|f| f == "none") {
+                Some(Vec::new())
+            } else {
+                Some(
+                    findings
+                        .iter()
+                        .map(|f| f.parse::<Finding>())
+                        .collect::<Result<Vec<_>, _>>()?,
+                )
+            };
+            let spec = spineagent_phantom::StudySpec {
+                seed,
+                region,
+                vendor,
+                field_t: field,
+                findings: forced,
+                dixon: dixon.then_some(true),
+                contrast: contrast.then_some(true),
+                ..Default::default()
+            };
+            let truth = spineagent_phantom::generate(&spec, &out)?;
+            let slices: usize = truth.series.iter().map(|s| s.slices).sum();
+            println!(
+                "SYNTHETIC {} study ({:?}, {} T): {} series, {slices} slices, {} findings in {} ({:.1} s, {:.0} slices/s)",
+                truth.region.as_str(),
+                truth.vendor,
+                truth.field_strength_t,
+                truth.series.len(),
+                truth.findings.len(),
+                out.display(),
+                started.elapsed().as_secs_f64(),
+                slices as f64 / started.elapsed().as_secs_f64()
+            );
+        }
+        PhantomCommand::Dataset {
+            count,
+            out,
+            seed,
+            held_out_vendor,
+        } => {
+            let m = spineagent_phantom::dataset::generate_dataset(count, seed, &out, held_out_vendor)?;
+            let slices: usize = m.studies.iter().map(|s| s.slices).sum();
+            println!(
+                "SYNTHETIC dataset: {count} studies, {slices} slices in {} ({:.1} s, {:.0} slices/s); held-out vendor {:?}",
+                out.display(),
+                started.elapsed().as_secs_f64(),
+                slices as f64 / started.elapsed().as_secs_f64(),
+                held_out_vendor
+            );
+        }
+    }
+    Ok(())
 }
 
 fn init_logging(format: &LogFormat, level: &str) {
@@ -169,6 +286,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::from(2)
             })
+        }
+        Command::Phantom { command } => {
+            phantom(command)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Echo { to, aet } => {
             let opts = ScuOptions {
