@@ -41,6 +41,8 @@ pub struct StudySpec {
     pub prevalence: Prevalence,
     pub dixon: Option<bool>,
     pub contrast: Option<bool>,
+    /// Motion ghosting (default: 10 % of studies).
+    pub ghosting: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -311,7 +313,9 @@ pub fn generate(spec: &StudySpec, out: &Path) -> Result<StudyTruth, PhantomError
             .map(|l| l.center[1] + l.body[1] / 2.0 + l.canal[1] + l.outline[2])
             .fold(f64::MIN, f64::max)
     };
-    let ghosting = Rng::derive(seed, "ghost", 0).chance(0.1);
+    let ghosting = spec
+        .ghosting
+        .unwrap_or_else(|| Rng::derive(seed, "ghost", 0).chance(0.1));
 
     let mut series_truth = Vec::new();
     for (i, acq) in acqs.iter().enumerate() {
