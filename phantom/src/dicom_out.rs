@@ -138,7 +138,6 @@ pub fn write_slice(path: &Path, study: &StudyTags, series: &SeriesTags, slice: &
         text(tags::PATIENT_BIRTH_DATE, VR::DA, &study.birth_date),
         text(tags::PATIENT_SEX, VR::CS, study.sex),
         text(tags::PATIENT_COMMENTS, VR::LT, "SYNTHETIC PHANTOM - NOT A PATIENT"),
-        text(tags::BODY_PART_EXAMINED, VR::CS, &series.body_part),
         strs(tags::SCANNING_SEQUENCE, VR::CS, &series.scanning_sequence),
         strs(tags::SEQUENCE_VARIANT, VR::CS, &series.sequence_variant),
         strs(tags::SCAN_OPTIONS, VR::CS, &series.scan_options),
@@ -191,6 +190,14 @@ pub fn write_slice(path: &Path, study: &StudyTags, series: &SeriesTags, slice: &
         text(tags::WINDOW_CENTER, VR::DS, &ds(series.window.0)),
         text(tags::WINDOW_WIDTH, VR::DS, &ds(series.window.1)),
     ];
+    // Some consoles (Canon here) leave BodyPartExamined out altogether.
+    // Without a body part, Laterality's condition cannot be judged: send
+    // it empty (Type 2), as such consoles do.
+    if series.body_part.is_empty() {
+        e.push(text(tags::LATERALITY, VR::CS, ""));
+    } else {
+        e.push(text(tags::BODY_PART_EXAMINED, VR::CS, &series.body_part));
+    }
     if let Some(ti) = series.ti {
         e.push(text(tags::INVERSION_TIME, VR::DS, &ds(ti)));
     }

@@ -6,4 +6,5 @@ mod durability;
 mod malformed;
 mod operations;
 mod peers;
+mod phantom;
 mod transfer_syntaxes;
