@@ -162,6 +162,9 @@ impl Subject {
         let lordosis_c = rng.range(6.0, 16.0);
         let kyphosis_t = rng.range(18.0, 38.0);
         let lordosis_l = rng.range(14.0, 28.0);
+        // Subcutaneous fat: one thickness for the neck, one for the trunk.
+        let neck_fat = rng.range(4.0, 14.0);
+        let trunk_fat = rng.range(8.0, 30.0);
         let slip: Vec<(usize, f64)> = findings
             .iter()
             .filter(|f| f.condition == Condition::Spondylolisthesis)
@@ -232,7 +235,7 @@ impl Subject {
                     outline[1] * size,
                     if k <= 5 { 42.0 } else { 58.0 } * size,
                 ],
-                fat_thickness: rng.range(8.0, 28.0) * if k <= 5 { 0.5 } else { 1.0 },
+                fat_thickness: if k <= 5 { neck_fat } else { trunk_fat },
             });
             s += body[2] + disc;
         }
@@ -377,28 +380,54 @@ impl Subject {
         (best.0, best.1)
     }
 
-    /// The vertebra whose segment holds `q` (for level label volumes).
-    pub fn level_at(&self, q: V3) -> usize {
-        self.locate(q).0
-    }
-
     /// What is at `q`.
     pub fn voxel(&self, q: V3) -> Voxel {
-        let (k, [x, a, z]) = self.locate(q);
+        self.voxel_and_level(q).0
+    }
+
+    /// What is at `q`, and the vertebra whose segment holds it.
+    pub fn voxel_and_level(&self, q: V3) -> (Voxel, usize) {
+        let (k, local) = self.locate(q);
+        (self.voxel_in(k, local, q), k)
+    }
+
+    fn voxel_in(&self, k: usize, [x, a, z]: [f64; 3], q: V3) -> Voxel {
         let l = &self.levels[k];
         let [w, d, h] = l.body;
         let [cw, ca] = l.canal;
         let canal_a = d / 2.0 + 1.0 + ca / 2.0;
-        let post_edge = canal_a + ca / 2.0 + l.outline[2];
 
-        // Skin and subcutaneous fat (the trunk or neck around the spine).
-        let [rx, ry, _] = l.outline;
+        // Skin and subcutaneous fat (the trunk or neck around the spine),
+        // blended towards the neighbouring level so the outline is smooth.
+        let neighbour = if z > 0.0 {
+            k.checked_sub(1)
+        } else {
+            Some(k + 1).filter(|n| *n < self.levels.len())
+        };
+        let (outline, fat) = match neighbour {
+            Some(n) => {
+                let t = (z.abs() / (h / 2.0 + 4.0)).clamp(0.0, 1.0) * 0.5;
+                let o = &self.levels[n];
+                let lerp = |p: f64, q: f64| p * (1.0 - t) + q * t;
+                (
+                    [
+                        lerp(l.outline[0], o.outline[0]),
+                        lerp(l.outline[1], o.outline[1]),
+                        lerp(l.outline[2], o.outline[2]),
+                    ],
+                    lerp(l.fat_thickness, o.fat_thickness),
+                )
+            }
+            None => (l.outline, l.fat_thickness),
+        };
+        let [rx, ry, behind] = outline;
+        let post_edge = canal_a + ca / 2.0 + behind;
         let cy = post_edge - ry;
         let r_out = ((x / rx).powi(2) + ((a - cy) / ry).powi(2)).sqrt();
         if r_out > 1.0 {
             return Voxel::AIR;
         }
-        if r_out > 1.0 - l.fat_thickness / ry && a > cy - ry * 0.3 {
+        if r_out > 1.0 - fat / ry && a > cy - ry * 0.3 {
             return Voxel::new(Material::Fat, Anatomy::SubcutaneousFat);
         }
 

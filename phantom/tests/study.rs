@@ -357,3 +357,30 @@ fn herniation_is_in_the_canal_at_its_level_on_the_axial() {
         "right herniation drawn on the left (column {mean_col})"
     );
 }
+
+#[test]
+fn dataset_holds_out_one_vendor_and_is_reproducible() {
+    use spineagent_phantom::dataset::{generate_dataset, split_of};
+    let dir = tempfile::tempdir().unwrap();
+    let m = generate_dataset(4, 9, dir.path(), Vendor::Canon).unwrap();
+    assert!(m.synthetic);
+    assert_eq!(m.studies.len(), 4);
+    for s in &m.studies {
+        assert_eq!(s.split == "test_heldout_vendor", s.vendor == Vendor::Canon, "{s:?}");
+        assert!(dir.path().join(&s.dir).join("truth.json").exists());
+    }
+    assert!(dir.path().join("manifest.json").exists());
+    // Splits: 80/10/10 by index outside the held-out vendor.
+    assert_eq!(split_of(0, Vendor::Ge, Vendor::Canon), "train");
+    assert_eq!(split_of(8, Vendor::Ge, Vendor::Canon), "validation");
+    assert_eq!(split_of(9, Vendor::Ge, Vendor::Canon), "test");
+    assert_eq!(split_of(9, Vendor::Canon, Vendor::Canon), "test_heldout_vendor");
+    // The same dataset seed makes the same first study.
+    let again = tempfile::tempdir().unwrap();
+    let m2 = generate_dataset(1, 9, again.path(), Vendor::Canon).unwrap();
+    assert_eq!(m2.studies[0].seed, m.studies[0].seed);
+    assert_eq!(
+        std::fs::read(dir.path().join("study_00000/truth.json")).unwrap(),
+        std::fs::read(again.path().join("study_00000/truth.json")).unwrap()
+    );
+}
