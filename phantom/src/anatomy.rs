@@ -549,21 +549,20 @@ impl Subject {
         let l = &self.levels[k];
         let [cw, ca] = l.canal;
         // Thecal sac half-axes, narrowed by stenosis, lipomatosis, cord compression.
-        let mut sw = 0.8 * cw / 2.0;
-        let mut sa = 0.78 * ca / 2.0;
+        let (sw0, sa0) = (0.8 * cw / 2.0, 0.78 * ca / 2.0);
+        let mut sw = sw0;
+        let mut sa = sa0;
         let sac_c = 0.05 * ca;
         let mut narrowed = None;
         if let Some(e) = de {
             if e.canal_narrowing > 0.0 {
-                let f = 1.0 - e.canal_narrowing * wdisc;
-                if f < 0.97 {
-                    narrowed = Some(if e.cord_compression > 0.0 {
-                        Lesion::CordCompression
-                    } else {
-                        Lesion::CanalStenosis
-                    });
-                }
-                sa *= f;
+                // Whatever the sac loses here is labelled, however little.
+                narrowed = Some(if e.cord_compression > 0.0 {
+                    Lesion::CordCompression
+                } else {
+                    Lesion::CanalStenosis
+                });
+                sa *= 1.0 - e.canal_narrowing * wdisc;
             }
             if e.lipomatosis > 0.0 {
                 let f = 1.0 - e.lipomatosis * (0.6 + 0.4 * wdisc);
@@ -632,14 +631,27 @@ impl Subject {
             crx *= t.sqrt();
             cra *= t.sqrt();
         }
+        let (crx0, cra0) = (crx, cra);
+        let mut compressed = false;
         if let Some(e) = de
             && e.cord_compression > 0.0
         {
+            compressed = true;
             cra *= 1.0 - 0.5 * e.cord_compression * wdisc;
             crx *= 1.0 + 0.2 * e.cord_compression * wdisc;
         }
         let cord_c = sac_c - 0.5;
-        if along > 0.0 && (x / crx).powi(2) + ((ac - cord_c) / cra).powi(2) <= 1.0 {
+        let in_cord = |rx: f64, ra: f64| along > 0.0 && (x / rx).powi(2) + ((ac - cord_c) / ra).powi(2) <= 1.0;
+        if compressed && in_cord(crx, cra) != in_cord(crx0, cra0) {
+            // The flattened cord's changed outline.
+            let (m, a) = if in_cord(crx, cra) {
+                (Material::Cord, Anatomy::Cord)
+            } else {
+                (Material::Csf, Anatomy::Csf)
+            };
+            return Voxel::new(m, a).with_lesion(m, Lesion::CordCompression);
+        }
+        if in_cord(crx, cra) {
             let cord = Voxel::new(Material::Cord, Anatomy::Cord);
             if let Some(e) = de
                 && e.cord_lesion
@@ -653,8 +665,10 @@ impl Subject {
         if along <= 0.0 {
             // Cauda equina: roots in the dependent (posterior) half of the sac.
             for i in 0..6 {
-                let rx = (i as f64 - 2.5) * sw * 0.28;
-                let ra = sac_c + sa * 0.35 + ((i % 2) as f64) * 1.8;
+                // Placed in the unnarrowed sac: a stenosis hides roots, it
+                // does not move them.
+                let rx = (i as f64 - 2.5) * sw0 * 0.28;
+                let ra = sac_c + sa0 * 0.35 + ((i % 2) as f64) * 1.8;
                 if (x - rx).powi(2) + (ac - ra).powi(2) <= 1.1 * 1.1 {
                     return Voxel::new(Material::Nerve, Anatomy::NerveRoot);
                 }
@@ -814,14 +828,18 @@ impl Subject {
             let fat_rz = disc_h * 0.9 + 4.0;
             let in_fat = (root_a / fat_ra).powi(2) + (root_z / fat_rz).powi(2) <= 1.0;
             if in_fat {
-                if (root_a.powi(2) + root_z.powi(2)).sqrt() <= root_r {
+                let root_dist = (root_a.powi(2) + root_z.powi(2)).sqrt();
+                if root_dist <= root_r {
                     return Some(Voxel::new(Material::Nerve, Anatomy::NerveRoot));
                 }
                 let shrunk = 1.0 - frac * wdisc.max(0.6);
                 let in_open = (root_a / (fat_ra * shrunk)).powi(2) + (root_z / (fat_rz * shrunk)).powi(2) <= 1.0;
                 let fat = Voxel::new(Material::Fat, Anatomy::ForaminalFat);
-                if !in_open && frac > 0.0 {
-                    return Some(fat.with_lesion(Material::Annulus, Lesion::ForaminalStenosis));
+                // Narrowing: fat replaced from the margins, and in severe
+                // cases a compressed (thinner) root.
+                if frac > 0.0 && (!in_open || root_dist <= 2.4) {
+                    let m = if in_open { Material::Fat } else { Material::Annulus };
+                    return Some(fat.with_lesion(m, Lesion::ForaminalStenosis));
                 }
                 return Some(fat);
             }

@@ -16,7 +16,9 @@ use crate::vendor::Vendor;
 
 const SAMPLES: usize = 8;
 
-/// One slice sampled into materials (8 per pixel) and centre labels.
+/// One slice sampled into materials (8 per pixel) and labels: anatomy and
+/// level at the pixel centre; lesion at the centre or, where a lesion only
+/// reaches into part of the pixel's volume, that lesion.
 pub struct TissueSlice {
     pub materials: Vec<[u8; SAMPLES]>,
     pub anatomy: Vec<u8>,
@@ -63,9 +65,13 @@ pub fn sample_tissue(subject: &Subject, geom: &Geometry) -> Vec<TissueSlice> {
                     let (rf, cf) = (r as f64, c as f64);
                     let p = geom.pixel(stack, center, rf, cf);
                     let (v, level) = subject.voxel_and_level(p);
-                    let m = v.material as u8;
-                    let same = subject.voxel(geom.pixel(stack, front, rf, cf)).material as u8 == m
-                        && subject.voxel(geom.pixel(stack, back, rf, cf)).material as u8 == m;
+                    // Material and lesion together: a lesion made of the
+                    // same material as its surroundings (lipomatosis in
+                    // epidural fat) still has a boundary to sample.
+                    let key = |v: crate::tissue::Voxel| (v.material as u16) | (v.lesion as u16) << 8;
+                    let m = key(v);
+                    let same = key(subject.voxel(geom.pixel(stack, front, rf, cf))) == m
+                        && key(subject.voxel(geom.pixel(stack, back, rf, cf))) == m;
                     centre_material.push(m);
                     slab_uniform.push(same);
                     out.anatomy.push(v.anatomy as u8);
@@ -88,7 +94,7 @@ pub fn sample_tissue(subject: &Subject, geom: &Geometry) -> Vec<TissueSlice> {
                     .iter()
                     .all(|&(ok, j)| !ok || centre_material[j] == m);
                     if slab_uniform[k] && neighbours_same {
-                        out.materials.push([m; SAMPLES]);
+                        out.materials.push([(m & 0xff) as u8; SAMPLES]);
                         continue;
                     }
                     let mut ms = [0u8; SAMPLES];
@@ -96,7 +102,13 @@ pub fn sample_tissue(subject: &Subject, geom: &Geometry) -> Vec<TissueSlice> {
                     for slab in [front, back] {
                         for (dr, dc) in [(-0.25, -0.25), (-0.25, 0.25), (0.25, -0.25), (0.25, 0.25)] {
                             let p = geom.pixel(stack, slab, r as f64 + dr, c as f64 + dc);
-                            ms[idx] = subject.voxel(p).material as u8;
+                            let v = subject.voxel(p);
+                            ms[idx] = v.material as u8;
+                            // A lesion that reaches into the pixel's volume
+                            // labels it (its signal is part of the pixel).
+                            if out.lesion[k] == 0 && v.lesion as u8 != 0 {
+                                out.lesion[k] = v.lesion as u8;
+                            }
                             idx += 1;
                         }
                     }
