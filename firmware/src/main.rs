@@ -96,6 +96,12 @@ enum PhantomCommand {
         /// Add a T1 post-contrast series.
         #[arg(long)]
         contrast: bool,
+        /// Add a sagittal proton-density series.
+        #[arg(long)]
+        pd: bool,
+        /// Condition probabilities when findings are drawn, e.g. herniation=0.5,canal_stenosis=0.4.
+        #[arg(long, default_value = "")]
+        prevalence: String,
     },
     /// A reproducible train/validation/test dataset with one vendor held out.
     Dataset {
@@ -108,11 +114,14 @@ enum PhantomCommand {
         /// The vendor style kept out of training (test_heldout_vendor split).
         #[arg(long, default_value = "canon")]
         held_out_vendor: spineagent_phantom::vendor::Vendor,
+        /// Condition probabilities, e.g. herniation=0.5,canal_stenosis=0.4.
+        #[arg(long, default_value = "")]
+        prevalence: String,
     },
 }
 
 fn phantom(command: PhantomCommand) -> Result<()> {
-    use spineagent_phantom::findings::Finding;
+    use spineagent_phantom::findings::{Finding, Prevalence};
     let started = std::time::Instant::now();
     match command {
         PhantomCommand::Study {
@@ -124,6 +133,8 @@ fn phantom(command: PhantomCommand) -> Result<()> {
             findings,
             dixon,
             contrast,
+            pd,
+            prevalence,
         } => {
             let forced = if findings.is_empty() {
                 None
@@ -145,6 +156,10 @@ fn phantom(command: PhantomCommand) -> Result<()> {
                 findings: forced,
                 dixon: dixon.then_some(true),
                 contrast: contrast.then_some(true),
+                pd: pd.then_some(true),
+                prevalence: Prevalence::default()
+                    .with_overrides(&prevalence)
+                    .map_err(anyhow::Error::msg)?,
                 ..Default::default()
             };
             let truth = spineagent_phantom::generate(&spec, &out)?;
@@ -166,8 +181,12 @@ fn phantom(command: PhantomCommand) -> Result<()> {
             out,
             seed,
             held_out_vendor,
+            prevalence,
         } => {
-            let m = spineagent_phantom::dataset::generate_dataset(count, seed, &out, held_out_vendor)?;
+            let prevalence = Prevalence::default()
+                .with_overrides(&prevalence)
+                .map_err(anyhow::Error::msg)?;
+            let m = spineagent_phantom::dataset::generate_dataset(count, seed, &out, held_out_vendor, &prevalence)?;
             let slices: usize = m.studies.iter().map(|s| s.slices).sum();
             println!(
                 "SYNTHETIC dataset: {count} studies, {slices} slices in {} ({:.1} s, {:.0} slices/s); held-out vendor {:?}",

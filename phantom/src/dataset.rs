@@ -49,7 +49,13 @@ pub fn study_seed(dataset_seed: u64, i: usize) -> u64 {
     dataset_seed.wrapping_mul(1_000_003).wrapping_add(i as u64)
 }
 
-pub fn generate_dataset(count: usize, seed: u64, out: &Path, held_out: Vendor) -> Result<Manifest, PhantomError> {
+pub fn generate_dataset(
+    count: usize,
+    seed: u64,
+    out: &Path,
+    held_out: Vendor,
+    prevalence: &Prevalence,
+) -> Result<Manifest, PhantomError> {
     let studies: Vec<DatasetEntry> = (0..count)
         .into_par_iter()
         .map(|i| {
@@ -59,7 +65,7 @@ pub fn generate_dataset(count: usize, seed: u64, out: &Path, held_out: Vendor) -
             let spec = StudySpec {
                 seed: s,
                 vendor: Some(vendor),
-                prevalence: Prevalence::default(),
+                prevalence: prevalence.clone(),
                 ..Default::default()
             };
             let truth = generate(&spec, &out.join(&dir))?;

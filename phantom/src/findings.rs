@@ -208,6 +208,30 @@ impl Default for Prevalence {
     }
 }
 
+impl Prevalence {
+    /// Overrides from `condition=probability,...` (the rest keep their
+    /// defaults).
+    pub fn with_overrides(mut self, spec: &str) -> Result<Prevalence, String> {
+        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (name, p) = item
+                .split_once('=')
+                .ok_or_else(|| format!("{item:?}: expected CONDITION=PROBABILITY"))?;
+            let condition: Condition = parse_enum(name).ok_or_else(|| format!("unknown condition {name:?}"))?;
+            let p: f64 = p
+                .parse()
+                .map_err(|_| format!("{item:?}: probability is not a number"))?;
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!("{item:?}: probability must be in [0, 1]"));
+            }
+            match self.0.iter_mut().find(|(c, _)| *c == condition) {
+                Some(entry) => entry.1 = p,
+                None => self.0.push((condition, p)),
+            }
+        }
+        Ok(self)
+    }
+}
+
 /// Levels where a condition can occur in a region (anatomically: no cord
 /// below the conus, pars defects and synovial cysts in the lumbar spine,
 /// perineural cysts at the sacrum ...).
@@ -313,6 +337,20 @@ mod tests {
         );
         assert!("herniation:L9-L10".parse::<Finding>().is_err());
         assert!("nonsense:L4-L5".parse::<Finding>().is_err());
+    }
+
+    #[test]
+    fn prevalence_overrides() {
+        let p = Prevalence::default()
+            .with_overrides("herniation=1, hemangioma=0")
+            .unwrap();
+        assert!(p.0.contains(&(Condition::Herniation, 1.0)));
+        assert!(p.0.contains(&(Condition::Hemangioma, 0.0)));
+        assert!(Prevalence::default().with_overrides("herniation=2").is_err());
+        assert!(Prevalence::default().with_overrides("nope=0.1").is_err());
+        let everything = Prevalence(ALL_CONDITIONS.iter().map(|c| (*c, 1.0)).collect());
+        let f = sample(&mut Rng::new(1), Region::Lumbar, &everything);
+        assert!(f.len() >= 12, "{}", f.len());
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct StudySpec {
     pub contrast: Option<bool>,
     /// Motion ghosting (default: 10 % of studies).
     pub ghosting: Option<bool>,
+    /// A sagittal proton-density series (default: 15 % of studies).
+    pub pd: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -264,6 +266,14 @@ pub fn generate(spec: &StudySpec, out: &Path) -> Result<StudyTruth, PhantomError
     if contrast {
         acqs.push(Acq {
             seq: Sequence::T1Post,
+            geom: &sag,
+            tissue: &sag_t,
+            labels: Some("sagittal"),
+        });
+    }
+    if spec.pd.unwrap_or_else(|| prng.chance(0.15)) {
+        acqs.push(Acq {
+            seq: Sequence::Pd,
             geom: &sag,
             tissue: &sag_t,
             labels: Some("sagittal"),

@@ -363,7 +363,7 @@ fn herniation_is_in_the_canal_at_its_level_on_the_axial() {
 fn dataset_holds_out_one_vendor_and_is_reproducible() {
     use spineagent_phantom::dataset::{generate_dataset, split_of};
     let dir = tempfile::tempdir().unwrap();
-    let m = generate_dataset(4, 9, dir.path(), Vendor::Canon).unwrap();
+    let m = generate_dataset(4, 9, dir.path(), Vendor::Canon, &Default::default()).unwrap();
     assert!(m.synthetic);
     assert_eq!(m.studies.len(), 4);
     for s in &m.studies {
@@ -378,7 +378,7 @@ fn dataset_holds_out_one_vendor_and_is_reproducible() {
     assert_eq!(split_of(9, Vendor::Canon, Vendor::Canon), "test_heldout_vendor");
     // The same dataset seed makes the same first study.
     let again = tempfile::tempdir().unwrap();
-    let m2 = generate_dataset(1, 9, again.path(), Vendor::Canon).unwrap();
+    let m2 = generate_dataset(1, 9, again.path(), Vendor::Canon, &Default::default()).unwrap();
     assert_eq!(m2.studies[0].seed, m.studies[0].seed);
     assert_eq!(
         std::fs::read(dir.path().join("study_00000/truth.json")).unwrap(),

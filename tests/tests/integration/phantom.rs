@@ -22,6 +22,7 @@ fn make_study(dir: &Path, seed: u64, vendor: &str, region: &str) -> serde_json::
             region,
             "--dixon",
             "--contrast",
+            "--pd",
             "--out",
         ])
         .arg(dir));
