@@ -60,6 +60,11 @@ enum Command {
         #[command(subcommand)]
         command: PhantomCommand,
     },
+    /// Model bundles.
+    Bundle {
+        #[command(subcommand)]
+        command: BundleCommand,
+    },
     /// C-ECHO a remote AE.
     Echo {
         /// AET@HOST:PORT.
@@ -67,6 +72,41 @@ enum Command {
         #[arg(long, default_value = "SPINEAGENT")]
         aet: String,
     },
+}
+
+#[derive(Subcommand)]
+enum BundleCommand {
+    /// Verify a bundle: hashes, every model's inputs and outputs against the
+    /// manifest, and each model's golden output.
+    Check {
+        dir: PathBuf,
+        /// Intra-op threads per model.
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}
+
+fn bundle(command: BundleCommand) -> Result<()> {
+    match command {
+        BundleCommand::Check { dir, threads } => {
+            let mut options = spineagent_engine::SessionOptions::default();
+            if let Some(t) = threads {
+                options.threads = t;
+            }
+            let reports = spineagent_engine::check::check_bundle(&dir, &options)?;
+            for r in &reports {
+                match r.max_abs_diff {
+                    Some(d) => println!(
+                        "{}: ok (load {:.2} s, golden run {:.3} s, max abs diff {d:.2e})",
+                        r.name, r.load_seconds, r.run_seconds
+                    ),
+                    None => println!("{}: ok (load {:.2} s, no golden data)", r.name, r.load_seconds),
+                }
+            }
+            println!("{}: {} models ok", dir.display(), reports.len());
+        }
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -305,6 +345,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::from(2)
             })
+        }
+        Command::Bundle { command } => {
+            bundle(command)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Phantom { command } => {
             phantom(command)?;

@@ -16,8 +16,12 @@
 mod fsutil;
 pub mod header;
 pub mod scan;
-pub mod structure;
 pub mod validate;
+
+/// The bounded structural walk of data sets lives with the DICOM decoding
+/// in the engine; the spool uses it before acknowledging.
+pub use spineagent_engine::structure;
+pub use spineagent_engine::structure::{open_instance, parse_instance};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -323,7 +327,7 @@ impl Received {
             }
         };
         // Bounded work whatever the input, before the full parser sees it.
-        let walked = check_structure(&data_set, &self.transfer_syntax_uid, self.spool.max_instance_bytes)
+        let walked = structure::check_structure(&data_set, &self.transfer_syntax_uid, self.spool.max_instance_bytes)
             .map_err(unparseable)?;
         // Only the attributes before Pixel Data are parsed: the walk already
         // measured the pixel data, and nothing needs a second copy of it.
@@ -395,68 +399,6 @@ fn start_writeback(file: &std::fs::File) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = file;
-}
-
-/// The transfer syntax UID in a file meta group we wrote.
-fn transfer_syntax_in_meta(meta: &[u8]) -> String {
-    let Some(i) = meta.windows(4).position(|w| w == [0x02, 0x00, 0x10, 0x00]) else {
-        return String::new();
-    };
-    let Some(len) = meta
-        .get(i + 6..i + 8)
-        .map(|l| u16::from_le_bytes([l[0], l[1]]) as usize)
-    else {
-        return String::new();
-    };
-    meta.get(i + 8..i + 8 + len)
-        .map(|v| crate::uid::trim(&String::from_utf8_lossy(v)).to_string())
-        .unwrap_or_default()
-}
-
-/// Parses a Part 10 file held in memory: the structural walk first, then
-/// the full parser on the data set without any trailing zero padding.
-pub fn parse_instance(bytes: &[u8], max_bytes: u64) -> Result<dicom_object::DefaultDicomObject, String> {
-    let start = structure::data_set_offset(bytes).ok_or("file meta unreadable")?;
-    let ts_uid = transfer_syntax_in_meta(&bytes[..start]);
-    let walked = check_structure(&bytes[start..], &ts_uid, max_bytes)?;
-    OpenFileOptions::new()
-        .from_reader(&bytes[128..start + walked.end])
-        .map_err(|e| e.to_string())
-}
-
-/// Opens a spooled instance with everything (pixel data included).
-pub fn open_instance(path: &Path) -> Result<dicom_object::DefaultDicomObject, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    parse_instance(&bytes, u64::MAX).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
-
-fn check_structure(data_set: &[u8], ts_uid: &str, limit: u64) -> Result<structure::Walked, String> {
-    use structure::Encoding;
-    match ts_uid {
-        "1.2.840.10008.1.2" => structure::check(data_set, Encoding::ImplicitLittle).map_err(|e| e.to_string()),
-        "1.2.840.10008.1.2.2" => structure::check(data_set, Encoding::ExplicitBig).map_err(|e| e.to_string()),
-        DEFLATED => {
-            // Inflate with a cap, so a deflate bomb cannot balloon memory.
-            use std::io::Read;
-            let mut inflated = Vec::new();
-            flate2::read::DeflateDecoder::new(data_set)
-                .take(limit + 1)
-                .read_to_end(&mut inflated)
-                .map_err(|e| format!("deflate: {e}"))?;
-            if inflated.len() as u64 > limit {
-                return Err("inflated data set larger than the instance limit".into());
-            }
-            let walked = structure::check(&inflated, Encoding::ExplicitLittle).map_err(|e| e.to_string())?;
-            // The parser reads the deflated bytes: all of them.
-            Ok(structure::Walked {
-                end: data_set.len(),
-                ..walked
-            })
-        }
-        _ => structure::check(data_set, Encoding::ExplicitLittle).map_err(|e| e.to_string()),
-    }
 }
 
 /// Reads the header of a spooled file without its pixel data.

@@ -163,3 +163,29 @@ fn patient_identity_never_reaches_the_log() {
         assert!(!log.contains(phi), "{phi} found in the log");
     }
 }
+
+#[test]
+fn bundle_check_passes_and_a_missing_runtime_is_one_clear_message() {
+    let tiny = root().join("target/test-bundles/tiny");
+    assert!(tiny.exists(), "run scripts/setup");
+    let o = Command::new(bin())
+        .args(["bundle", "check"])
+        .arg(&tiny)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("1 models ok"));
+    let o = Command::new(bin())
+        .args(["bundle", "check"])
+        .arg(&tiny)
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("ONNX Runtime library not found") && e.contains("ORT_DYLIB_PATH"),
+        "{e}"
+    );
+    assert_eq!(e.lines().count(), 1, "one message: {e}");
+}

@@ -1,0 +1,215 @@
+//! One model of a bundle as an ONNX Runtime session: created once, its real
+//! inputs and outputs checked against the manifest, shared for inference.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use ort::session::Session;
+use ort::value::{Tensor, TensorElementType, ValueType};
+
+use crate::bundle::{Bundle, Dim, ModelSpec, TensorSpec};
+use crate::npy::ArrayF32;
+use crate::runtime::Runtime;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    #[error("bundle has no model named {0}")]
+    Unknown(String),
+    #[error("cannot load {path}: {reason}")]
+    Load { path: PathBuf, reason: String },
+    #[error("{path}: {kind} {tensor}: {problem}")]
+    Mismatch {
+        path: PathBuf,
+        kind: &'static str,
+        tensor: String,
+        problem: String,
+    },
+    #[error("running {model}: {reason}")]
+    Run { model: String, reason: String },
+}
+
+/// Session settings.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// Intra-op threads (the machine's cores by default).
+    pub threads: usize,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        }
+    }
+}
+
+pub struct Model {
+    pub spec: ModelSpec,
+    pub path: PathBuf,
+    /// `Session::run` takes `&mut`; inference calls serialize here, and each
+    /// call uses all intra-op threads.
+    session: Mutex<Session>,
+}
+
+fn dtype_name(t: TensorElementType) -> &'static str {
+    match t {
+        TensorElementType::Float32 => "float32",
+        TensorElementType::Float16 => "float16",
+        TensorElementType::Float64 => "float64",
+        TensorElementType::Int64 => "int64",
+        TensorElementType::Int32 => "int32",
+        TensorElementType::Uint8 => "uint8",
+        TensorElementType::Int8 => "int8",
+        TensorElementType::Bool => "bool",
+        _ => "other",
+    }
+}
+
+/// Compares one real input/output with its manifest entry.
+fn check_tensor(
+    path: &PathBuf,
+    kind: &'static str,
+    want: &TensorSpec,
+    name: &str,
+    ty: &ValueType,
+) -> Result<(), ModelError> {
+    let mismatch = |problem: String| ModelError::Mismatch {
+        path: path.clone(),
+        kind,
+        tensor: want.name.clone(),
+        problem,
+    };
+    if name != want.name {
+        return Err(mismatch(format!("the model has {name:?} in this position")));
+    }
+    let ValueType::Tensor {
+        ty,
+        shape,
+        dimension_symbols,
+    } = ty
+    else {
+        return Err(mismatch("not a tensor".into()));
+    };
+    if dtype_name(*ty) != want.dtype {
+        return Err(mismatch(format!(
+            "dtype is {}, manifest says {}",
+            dtype_name(*ty),
+            want.dtype
+        )));
+    }
+    if shape.len() != want.shape.len() {
+        return Err(mismatch(format!(
+            "rank is {}, manifest says {}",
+            shape.len(),
+            want.shape.len()
+        )));
+    }
+    for (i, (actual, expected)) in shape.iter().zip(&want.shape).enumerate() {
+        let symbol = dimension_symbols.get(i).map(String::as_str).unwrap_or("");
+        let ok = match expected {
+            Dim::Fixed(n) => *actual == *n,
+            Dim::Named(s) => *actual < 0 && (symbol.is_empty() || symbol == s),
+        };
+        if !ok {
+            let got = if *actual < 0 {
+                if symbol.is_empty() {
+                    "dynamic".to_string()
+                } else {
+                    symbol.to_string()
+                }
+            } else {
+                actual.to_string()
+            };
+            return Err(mismatch(format!("dimension {i} is {got}, manifest says {expected}")));
+        }
+    }
+    Ok(())
+}
+
+impl Model {
+    pub fn load(runtime: &Runtime, bundle: &Bundle, name: &str, options: &SessionOptions) -> Result<Model, ModelError> {
+        let spec = bundle
+            .model(name)
+            .ok_or_else(|| ModelError::Unknown(name.to_string()))?
+            .clone();
+        let path = bundle.dir.join(&spec.file);
+        let load = |reason: String| ModelError::Load {
+            path: path.clone(),
+            reason,
+        };
+        let mut builder = Session::builder(&runtime.environment).map_err(|e| load(e.to_string()))?;
+        builder = builder
+            .with_intra_threads(options.threads)
+            .map_err(|e| load(e.to_string()))?;
+        let session = builder.commit_from_file(&path).map_err(|e| load(e.to_string()))?;
+        if session.inputs().len() != spec.inputs.len() {
+            let tensor = spec.inputs.first().map(|t| t.name.clone()).unwrap_or_default();
+            return Err(ModelError::Mismatch {
+                path,
+                kind: "input",
+                tensor,
+                problem: format!(
+                    "the model has {} inputs, the manifest {}",
+                    session.inputs().len(),
+                    spec.inputs.len()
+                ),
+            });
+        }
+        if session.outputs().len() != spec.outputs.len() {
+            let tensor = spec.outputs.first().map(|t| t.name.clone()).unwrap_or_default();
+            return Err(ModelError::Mismatch {
+                path,
+                kind: "output",
+                tensor,
+                problem: format!(
+                    "the model has {} outputs, the manifest {}",
+                    session.outputs().len(),
+                    spec.outputs.len()
+                ),
+            });
+        }
+        for (o, want) in session.inputs().iter().zip(&spec.inputs) {
+            check_tensor(&path, "input", want, o.name(), o.dtype())?;
+        }
+        for (o, want) in session.outputs().iter().zip(&spec.outputs) {
+            check_tensor(&path, "output", want, o.name(), o.dtype())?;
+        }
+        Ok(Model {
+            spec,
+            path,
+            session: Mutex::new(session),
+        })
+    }
+
+    /// Runs the model on float32 inputs (in manifest order); returns the
+    /// float32 outputs in manifest order.
+    pub fn run(&self, inputs: Vec<ArrayF32>) -> Result<Vec<ArrayF32>, ModelError> {
+        let err = |reason: String| ModelError::Run {
+            model: self.spec.name.clone(),
+            reason,
+        };
+        let mut values = Vec::with_capacity(inputs.len());
+        for (spec, a) in self.spec.inputs.iter().zip(inputs) {
+            let t = Tensor::from_array((a.shape.clone(), a.data)).map_err(|e| err(e.to_string()))?;
+            values.push((spec.name.clone(), t));
+        }
+        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let outputs = session
+            .run(values.iter().map(|(n, t)| (n.as_str(), t)).collect::<Vec<_>>())
+            .map_err(|e| err(e.to_string()))?;
+        self.spec
+            .outputs
+            .iter()
+            .map(|o| {
+                let (shape, data) = outputs[o.name.as_str()]
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| err(e.to_string()))?;
+                Ok(ArrayF32 {
+                    shape: shape.iter().map(|d| *d as usize).collect(),
+                    data: data.to_vec(),
+                })
+            })
+            .collect()
+    }
+}
