@@ -8,7 +8,7 @@ use std::time::Instant;
 use spineagent_engine::decode::decode_file;
 use spineagent_engine::npy::ArrayF32;
 use spineagent_engine::{Bundle, Model, Runtime, SessionOptions};
-use spineagent_kernels::{cpu::preprocess, PreprocessSpec};
+use spineagent_kernels::{PreprocessSpec, cpu::preprocess};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,13 +27,22 @@ fn main() {
                 best = best.min(started.elapsed().as_secs_f64());
                 slices = decoded.len();
             }
-            println!("{{\"slices\": {slices}, \"seconds\": {best:.4}, \"slices_per_s\": {:.1}}}", slices as f64 / best);
+            println!(
+                "{{\"slices\": {slices}, \"seconds\": {best:.4}, \"slices_per_s\": {:.1}}}",
+                slices as f64 / best
+            );
         }
         Some("encoder") => {
             let (dir, name, n): (PathBuf, &str, usize) = (args[1].clone().into(), &args[2], args[3].parse().unwrap());
             let threads: usize = std::env::var("THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(2);
             let bundle = Bundle::open(&dir).expect("bundle");
-            let model = Model::load(Runtime::global().expect("runtime"), &bundle, name, &SessionOptions { threads }).expect("model");
+            let model = Model::load(
+                Runtime::global().expect("runtime"),
+                &bundle,
+                name,
+                &SessionOptions::with_threads(threads),
+            )
+            .expect("model");
             let dims: Vec<usize> = model.spec.inputs[0].shape[1..]
                 .iter()
                 .map(|d| match d {
@@ -46,7 +55,10 @@ fn main() {
                 let make = || {
                     let mut shape = vec![batch];
                     shape.extend(&dims);
-                    ArrayF32 { shape, data: (0..batch * per).map(|i| ((i % 97) as f32) / 97.0).collect() }
+                    ArrayF32 {
+                        shape,
+                        data: (0..batch * per).map(|i| ((i % 97) as f32) / 97.0).collect(),
+                    }
                 };
                 model.run(vec![make()]).expect("warm-up");
                 let runs = (n / batch).max(1);

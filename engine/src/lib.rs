@@ -10,6 +10,7 @@ pub mod check;
 pub mod decode;
 pub mod model;
 pub mod npy;
+pub mod providers;
 pub mod runtime;
 pub mod structure;
 

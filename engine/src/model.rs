@@ -34,12 +34,23 @@ pub enum ModelError {
 pub struct SessionOptions {
     /// Intra-op threads (the machine's cores by default).
     pub threads: usize,
+    pub providers: crate::providers::ProviderConfig,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
         SessionOptions {
             threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            providers: Default::default(),
+        }
+    }
+}
+
+impl SessionOptions {
+    pub fn with_threads(threads: usize) -> SessionOptions {
+        SessionOptions {
+            threads,
+            ..Default::default()
         }
     }
 }
@@ -47,6 +58,8 @@ impl Default for SessionOptions {
 pub struct Model {
     pub spec: ModelSpec,
     pub path: PathBuf,
+    /// The execution provider the session got.
+    pub provider: crate::providers::Provider,
     /// `Session::run` takes `&mut`; inference calls serialize here, and each
     /// call uses all intra-op threads.
     session: Mutex<Session>,
@@ -142,6 +155,11 @@ impl Model {
         builder = builder
             .with_intra_threads(options.threads)
             .map_err(|e| load(e.to_string()))?;
+        let (provider, notes) =
+            crate::providers::register(&mut builder, &options.providers, &runtime.library, &spec.sha256);
+        for note in notes {
+            tracing::warn!(model = %spec.name, "{note}");
+        }
         let session = builder.commit_from_file(&path).map_err(|e| load(e.to_string()))?;
         if session.inputs().len() != spec.inputs.len() {
             let tensor = spec.inputs.first().map(|t| t.name.clone()).unwrap_or_default();
@@ -175,9 +193,11 @@ impl Model {
         for (o, want) in session.outputs().iter().zip(&spec.outputs) {
             check_tensor(&path, "output", want, o.name(), o.dtype())?;
         }
+        tracing::info!(model = %spec.name, provider = ?provider, "model loaded");
         Ok(Model {
             spec,
             path,
+            provider,
             session: Mutex::new(session),
         })
     }

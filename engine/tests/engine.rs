@@ -40,7 +40,7 @@ fn edited(name: &str, edit: impl FnOnce(&Path, String) -> String) -> tempfile::T
 #[test]
 fn test_bundles_pass_their_golden_checks() {
     for name in ["tiny", "vit"] {
-        let reports = check_bundle(&bundle(name), &SessionOptions { threads: 2 }).unwrap();
+        let reports = check_bundle(&bundle(name), &SessionOptions::with_threads(2)).unwrap();
         assert_eq!(reports.len(), 1);
         let diff = reports[0].max_abs_diff.expect("golden data present");
         assert!(diff <= 1e-4, "{name}: {diff}");
@@ -50,7 +50,7 @@ fn test_bundles_pass_their_golden_checks() {
 #[test]
 fn the_vit_runs_batches_along_its_dynamic_axis() {
     let b = Bundle::open(&bundle("vit")).unwrap();
-    let m = Model::load(Runtime::global().unwrap(), &b, "vit", &SessionOptions { threads: 2 }).unwrap();
+    let m = Model::load(Runtime::global().unwrap(), &b, "vit", &SessionOptions::with_threads(2)).unwrap();
     let input = spineagent_engine::npy::ArrayF32 {
         shape: vec![3, 3, 224, 224],
         data: vec![0.1; 3 * 3 * 224 * 224],
@@ -177,4 +177,24 @@ fn real_mr_files_decode_and_preprocess_in_every_syntax() {
     assert!(out.iter().all(|v| v.is_finite()));
     let frames = decode_file(&data.join("pydicom-data/emri_small.dcm")).unwrap();
     assert_eq!(frames.len(), 10);
+}
+
+#[test]
+fn unavailable_gpu_providers_fall_back_to_cpu() {
+    use spineagent_engine::providers::{Provider, ProviderConfig};
+    let cache = tempfile::tempdir().unwrap();
+    let options = SessionOptions {
+        threads: 1,
+        providers: ProviderConfig {
+            order: vec![Provider::Tensorrt, Provider::Cuda, Provider::Cpu],
+            cache_dir: cache.path().to_path_buf(),
+            ..Default::default()
+        },
+    };
+    let b = Bundle::open(&bundle("tiny")).unwrap();
+    let m = Model::load(Runtime::global().unwrap(), &b, "tiny", &options).unwrap();
+    // The PyPI CPU build of ONNX Runtime has neither GPU provider.
+    assert_eq!(m.provider, Provider::Cpu);
+    let golden = spineagent_engine::npy::read_f32(&bundle("tiny").join("golden_input.npy")).unwrap();
+    assert_eq!(m.run(vec![golden]).unwrap()[0].shape, vec![2, 4]);
 }

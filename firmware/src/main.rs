@@ -65,6 +65,11 @@ enum Command {
         #[command(subcommand)]
         command: BundleCommand,
     },
+    /// Inference engines (ONNX Runtime sessions, TensorRT engine caches).
+    Engines {
+        #[command(subcommand)]
+        command: EnginesCommand,
+    },
     /// C-ECHO a remote AE.
     Echo {
         /// AET@HOST:PORT.
@@ -72,6 +77,61 @@ enum Command {
         #[arg(long, default_value = "SPINEAGENT")]
         aet: String,
     },
+}
+
+#[derive(Subcommand)]
+enum EnginesCommand {
+    /// Build every model of a bundle for this machine ahead of time (TensorRT
+    /// engines go to the cache, reused at start-up); reports per-model time.
+    Build {
+        bundle: PathBuf,
+        /// Providers in order of preference: tensorrt, cuda, cpu.
+        #[arg(long, default_value = "tensorrt,cuda,cpu", value_delimiter = ',')]
+        providers: Vec<spineagent_engine::providers::Provider>,
+        /// TensorRT engine and timing cache directory.
+        #[arg(long, default_value = "var/engines")]
+        cache: PathBuf,
+        /// TensorRT FP16.
+        #[arg(long)]
+        fp16: bool,
+        #[arg(long, default_value_t = 0)]
+        device: i32,
+    },
+}
+
+fn engines(command: EnginesCommand) -> Result<()> {
+    let EnginesCommand::Build {
+        bundle,
+        providers,
+        cache,
+        fp16,
+        device,
+    } = command;
+    init_logging(&LogFormat::Text, "warn");
+    let b = spineagent_engine::Bundle::open(&bundle)?;
+    let runtime = spineagent_engine::Runtime::global()?;
+    let options = spineagent_engine::SessionOptions {
+        providers: spineagent_engine::providers::ProviderConfig {
+            order: providers,
+            device_id: device,
+            cache_dir: cache,
+            fp16,
+        },
+        ..Default::default()
+    };
+    let total = b.manifest.models.len();
+    for (i, spec) in b.manifest.models.iter().enumerate() {
+        let started = std::time::Instant::now();
+        let model = spineagent_engine::Model::load(runtime, &b, &spec.name, &options)?;
+        println!(
+            "[{}/{total}] {}: {:?} in {:.2} s",
+            i + 1,
+            spec.name,
+            model.provider,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -90,6 +150,7 @@ fn bundle(command: BundleCommand) -> Result<()> {
     match command {
         BundleCommand::Check { dir, threads } => {
             let mut options = spineagent_engine::SessionOptions::default();
+            // (CPU provider; `engines build` chooses GPU providers.)
             if let Some(t) = threads {
                 options.threads = t;
             }
@@ -345,6 +406,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::from(2)
             })
+        }
+        Command::Engines { command } => {
+            engines(command)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bundle { command } => {
             bundle(command)?;

@@ -196,3 +196,9 @@ impl CudaPreprocessor {
         self.stream.clone_dtoh(&out).map_err(cuda("download"))
     }
 }
+
+/// The name of GPU `ordinal`, when CUDA is usable here.
+pub fn device_name(ordinal: usize) -> Option<String> {
+    available().ok()?;
+    CudaContext::new(ordinal).ok()?.name().ok()
+}
