@@ -202,3 +202,19 @@ pub fn device_name(ordinal: usize) -> Option<String> {
     available().ok()?;
     CudaContext::new(ordinal).ok()?.name().ok()
 }
+
+impl CudaPreprocessor {
+    /// Waits for queued work.
+    pub fn synchronize(&self) -> Result<(), PreprocessError> {
+        self.stream.synchronize().map_err(cuda("synchronize"))
+    }
+
+    /// Theoretical memory bandwidth: 2 x memory clock x bus width.
+    pub fn memory_bandwidth_gbps(&self) -> Option<f64> {
+        use cudarc::driver::sys::CUdevice_attribute as A;
+        let ctx = self.stream.context();
+        let clock_khz = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE).ok()? as f64;
+        let bus_bits = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH).ok()? as f64;
+        Some(2.0 * clock_khz * 1e3 * bus_bits / 8.0 / 1e9)
+    }
+}
