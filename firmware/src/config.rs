@@ -43,6 +43,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub engine: EngineConfig,
     /// Directory the file was read from; relative paths in the file resolve
     /// against it. Not a key of the file.
     #[serde(skip)]
@@ -139,6 +141,53 @@ pub struct AssemblyConfig {
 pub struct MetricsConfig {
     /// Address of the HTTP endpoint serving /metrics, /healthz and /readyz.
     pub listen: SocketAddr,
+}
+
+/// The inference engine: which model bundle, on which providers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Model bundle directory (optional until the default bundle ships).
+    /// When set, every model is loaded, checked against the manifest and
+    /// warmed up before the daemon reports ready; a bad bundle stops start-up.
+    #[serde(default)]
+    pub bundle: Option<PathBuf>,
+    /// Execution providers in order of preference: tensorrt, cuda, cpu.
+    #[serde(default = "default_providers")]
+    pub providers: Vec<String>,
+    /// Intra-op threads per model.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// TensorRT engine and timing caches.
+    #[serde(default = "default_engine_cache")]
+    pub engine_cache_dir: PathBuf,
+    /// TensorRT FP16.
+    #[serde(default)]
+    pub fp16: bool,
+}
+
+fn default_providers() -> Vec<String> {
+    vec!["cpu".into()]
+}
+
+fn default_threads() -> usize {
+    2
+}
+
+fn default_engine_cache() -> PathBuf {
+    PathBuf::from("var/engines")
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            bundle: None,
+            providers: default_providers(),
+            threads: default_threads(),
+            engine_cache_dir: default_engine_cache(),
+            fp16: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -247,6 +296,15 @@ impl Config {
             return Err(invalid("assembly.oblique_threshold_degrees", "must be in (0, 45)"));
         }
         positive("assembly.min_slices", a.min_slices as u64)?;
+        for p in &self.engine.providers {
+            if !matches!(p.as_str(), "cpu" | "cuda" | "tensorrt") {
+                return Err(invalid(
+                    "engine.providers",
+                    format!("unknown provider {p:?} (tensorrt, cuda, cpu)"),
+                ));
+            }
+        }
+        positive("engine.threads", self.engine.threads as u64)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", e.to_string()));
         }
@@ -255,6 +313,14 @@ impl Config {
 
     pub fn spool_dir(&self) -> PathBuf {
         self.base_dir.join(&self.spool.dir)
+    }
+
+    pub fn engine_bundle(&self) -> Option<PathBuf> {
+        self.engine.bundle.as_ref().map(|p| self.base_dir.join(p))
+    }
+
+    pub fn engine_cache_dir(&self) -> PathBuf {
+        self.base_dir.join(&self.engine.engine_cache_dir)
     }
 
     pub fn rules_file(&self) -> Option<PathBuf> {

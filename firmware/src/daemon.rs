@@ -40,6 +40,8 @@ pub enum DaemonError {
     },
     #[error("spool recovery failed: {0}")]
     Recovery(std::io::Error),
+    #[error("model bundle: {0}")]
+    Models(String),
 }
 
 /// A daemon whose sockets are bound and whose spool is recovered, ready to run.
@@ -50,6 +52,8 @@ pub struct Daemon {
     dicom: TcpListener,
     ops: TcpListener,
     assembler: Assembler,
+    /// The loaded model bundle, for the analysis stages (issue 6).
+    pub models: Option<Arc<crate::models::LoadedModels>>,
     to_assembler: (mpsc::Sender<StoredSender>, mpsc::Receiver<StoredSender>),
 }
 
@@ -77,6 +81,11 @@ impl Daemon {
             None => Rules::builtin(),
         };
         let metrics = Arc::new(Metrics::new());
+        // Models load (and warm up) before any port binds: a daemon that
+        // accepts studies can analyze them, or says why not at start.
+        let models = crate::models::load(&config, &metrics)
+            .map_err(DaemonError::Models)?
+            .map(Arc::new);
         let dicom = TcpListener::bind(config.dicom.listen)
             .await
             .map_err(|source| DaemonError::Bind {
@@ -120,6 +129,7 @@ impl Daemon {
                 dicom,
                 ops,
                 assembler,
+                models,
                 to_assembler,
             },
             events_rx,
@@ -149,6 +159,7 @@ impl Daemon {
             dicom,
             ops,
             assembler,
+            models: _models,
             to_assembler: (tx, rx),
         } = self;
         let assembler_task = tokio::spawn(assembler.run(rx));

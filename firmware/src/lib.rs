@@ -24,6 +24,7 @@ pub mod dimse;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod models;
 pub mod scu;
 pub mod spool;
 pub mod uid;

@@ -365,6 +365,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(rules) = cfg.rules_file() {
                 spineagent::assemble::classify::Rules::load(&rules)?;
             }
+            if let Some(bundle) = cfg.engine_bundle() {
+                // Hashes and manifest; the models themselves load at `serve`.
+                spineagent_engine::Bundle::open(&bundle)?;
+            }
             println!("{}: ok", file.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub series_skipped_total: IntCounterVec,
     pub studies_completed_total: IntCounter,
     pub queue_depth: IntGaugeVec,
+    pub models_loaded: IntGauge,
+    pub model_ready_seconds: prometheus::GaugeVec,
     pub queue_capacity: IntGaugeVec,
 }
 
@@ -162,6 +164,23 @@ impl Metrics {
                 "Capacity of an internal queue",
                 &["queue"],
             ),
+            models_loaded: int_gauge(
+                &r,
+                "spineagent_models_loaded",
+                "Models of the configured bundle loaded and warmed up",
+            ),
+            model_ready_seconds: {
+                let g = prometheus::GaugeVec::new(
+                    Opts::new(
+                        "spineagent_model_ready_seconds",
+                        "Seconds to load, check and warm up each model at start",
+                    ),
+                    &["model"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
             registry: r,
         }
     }

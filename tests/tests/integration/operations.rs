@@ -189,3 +189,35 @@ fn bundle_check_passes_and_a_missing_runtime_is_one_clear_message() {
     );
     assert_eq!(e.lines().count(), 1, "one message: {e}");
 }
+
+#[test]
+fn a_configured_bundle_is_loaded_and_warmed_before_ready() {
+    let mut d = Daemon::start(Opts::default());
+    d.kill9();
+    let cfg = std::fs::read_to_string(d.config_path()).unwrap();
+    let tiny = root().join("target/test-bundles/tiny");
+    let cfg = set_toml(&cfg, "bundle", &format!("{:?}", tiny.display().to_string()));
+    std::fs::write(d.config_path(), cfg.replace("# bundle =", "bundle =")).unwrap();
+    d.spawn();
+    assert!(d.log().contains("model loaded and warmed up"), "{}", d.log());
+    assert_eq!(d.metric("spineagent_models_loaded"), 1.0);
+    // A broken bundle stops start-up with the reason.
+    d.kill9();
+    let cfg = std::fs::read_to_string(d.config_path()).unwrap();
+    std::fs::write(
+        d.config_path(),
+        cfg.replace(&tiny.display().to_string(), "/nonexistent/bundle"),
+    )
+    .unwrap();
+    let o = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(d.config_path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("model bundle") && stderr(&o).contains("no bundle.toml"),
+        "{}",
+        stderr(&o)
+    );
+}
