@@ -203,16 +203,27 @@ impl Model {
     }
 
     /// Runs the model on float32 inputs (in manifest order); returns the
-    /// float32 outputs in manifest order.
+    /// float32 outputs in manifest order. Inputs and outputs the manifest
+    /// declares float16 are converted at the boundary (the preprocessing
+    /// runs in f32; half precision halves the tensor a GPU provider reads).
     pub fn run(&self, inputs: Vec<ArrayF32>) -> Result<Vec<ArrayF32>, ModelError> {
         let err = |reason: String| ModelError::Run {
             model: self.spec.name.clone(),
             reason,
         };
-        let mut values = Vec::with_capacity(inputs.len());
+        let mut values: Vec<(String, ort::value::DynValue)> = Vec::with_capacity(inputs.len());
         for (spec, a) in self.spec.inputs.iter().zip(inputs) {
-            let t = Tensor::from_array((a.shape.clone(), a.data)).map_err(|e| err(e.to_string()))?;
-            values.push((spec.name.clone(), t));
+            let value = if spec.dtype == "float16" {
+                let data: Vec<half::f16> = a.data.iter().map(|v| half::f16::from_f32(*v)).collect();
+                Tensor::from_array((a.shape.clone(), data))
+                    .map_err(|e| err(e.to_string()))?
+                    .into_dyn()
+            } else {
+                Tensor::from_array((a.shape.clone(), a.data))
+                    .map_err(|e| err(e.to_string()))?
+                    .into_dyn()
+            };
+            values.push((spec.name.clone(), value));
         }
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
         let outputs = session
@@ -222,12 +233,19 @@ impl Model {
             .outputs
             .iter()
             .map(|o| {
-                let (shape, data) = outputs[o.name.as_str()]
-                    .try_extract_tensor::<f32>()
-                    .map_err(|e| err(e.to_string()))?;
+                let value = &outputs[o.name.as_str()];
+                let (shape, data) = if o.dtype == "float16" {
+                    let (shape, data) = value
+                        .try_extract_tensor::<half::f16>()
+                        .map_err(|e| err(e.to_string()))?;
+                    (shape.clone(), data.iter().map(|v| v.to_f32()).collect::<Vec<f32>>())
+                } else {
+                    let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| err(e.to_string()))?;
+                    (shape.clone(), data.to_vec())
+                };
                 Ok(ArrayF32 {
                     shape: shape.iter().map(|d| *d as usize).collect(),
-                    data: data.to_vec(),
+                    data,
                 })
             })
             .collect()

@@ -50,6 +50,28 @@ def tiny(out):
     return model, {"pixels": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)}
 
 
+def tiny16(out):
+    """The tiny head with float16 input and output (Cast at the edges)."""
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((3 * 8 * 8, 4)).astype(np.float32) * 0.1
+    b = np.array([0.1, -0.2, 0.3, 0.0], dtype=np.float32)
+    nodes = [
+        helper.make_node("Cast", ["pixels"], ["pixels32"], to=TensorProto.FLOAT),
+        helper.make_node("Flatten", ["pixels32"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "w", "b"], ["logits32"]),
+        helper.make_node("Cast", ["logits32"], ["logits"], to=TensorProto.FLOAT16),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny16",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT16, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT16, ["batch", 4])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model, {"pixels": rng.standard_normal((2, 3, 8, 8)).astype(np.float16)}
+
+
 def vit(out, width=384, depth=12, heads=6, registers=4, image=224, patch=16):
     rng = np.random.default_rng(11)
     n_patch = (image // patch) ** 2
@@ -146,21 +168,21 @@ golden_input = "golden_input.npy"
 golden_input_sha256 = "{gi}"
 golden_output = "golden_output.npy"
 golden_output_sha256 = "{go}"
-tolerance = 1e-4
+tolerance = {tol}
 
 [[model.inputs]]
 name = "{iname}"
-dtype = "float32"
+dtype = "{dtype}"
 shape = {ishape}
 
 [[model.outputs]]
 name = "{oname}"
-dtype = "float32"
+dtype = "{dtype}"
 shape = {oshape}
 """
 
 
-def write(out, name, model, feeds, ishape, oshape):
+def write(out, name, model, feeds, ishape, oshape, dtype="float32", tol="1e-4"):
     d = os.path.join(out, name)
     os.makedirs(d, exist_ok=True)
     path = os.path.join(d, name + ".onnx")
@@ -168,19 +190,22 @@ def write(out, name, model, feeds, ishape, oshape):
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     (iname, x), = feeds.items()
     y = sess.run(None, feeds)[0]
-    np.save(os.path.join(d, "golden_input.npy"), x)
-    np.save(os.path.join(d, "golden_output.npy"), y)
+    # Golden files are float32 (half values are exact in float32).
+    np.save(os.path.join(d, "golden_input.npy"), x.astype(np.float32))
+    np.save(os.path.join(d, "golden_output.npy"), y.astype(np.float32))
     oname = sess.get_outputs()[0].name
     with open(os.path.join(d, "bundle.toml"), "w") as f:
         f.write(TOML.format(name=name, sha=sha256(path), gi=sha256(os.path.join(d, "golden_input.npy")),
                             go=sha256(os.path.join(d, "golden_output.npy")), iname=iname, oname=oname,
-                            ishape=ishape, oshape=oshape))
+                            ishape=ishape, oshape=oshape, dtype=dtype, tol=tol))
 
 
 def main():
     out = sys.argv[1]
     m, feeds = tiny(out)
     write(out, "tiny", m, feeds, '["batch", 3, 8, 8]', '["batch", 4]')
+    m, feeds = tiny16(out)
+    write(out, "tiny16", m, feeds, '["batch", 3, 8, 8]', '["batch", 4]', dtype="float16", tol="1e-2")
     m, feeds = vit(out)
     write(out, "vit", m, feeds, '["batch", 3, 224, 224]', '["batch", 384]')
 

@@ -39,7 +39,7 @@ fn edited(name: &str, edit: impl FnOnce(&Path, String) -> String) -> tempfile::T
 
 #[test]
 fn test_bundles_pass_their_golden_checks() {
-    for name in ["tiny", "vit"] {
+    for name in ["tiny", "tiny16", "vit"] {
         let reports = check_bundle(&bundle(name), &SessionOptions::with_threads(2)).unwrap();
         assert_eq!(reports.len(), 1);
         let diff = reports[0].max_abs_diff.expect("golden data present");

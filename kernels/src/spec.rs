@@ -20,7 +20,9 @@
 //!    `s = max(1, S / resize)`, normalized to sum 1.
 //! 6. Centre crop `crop` x `crop` at offset `floor((resize - crop) / 2)`.
 //! 7. Three channels `c`: `(y - mean[c]) / std[c]`.
-//! 8. Output f32, NCHW, slices along N.
+//! 8. Output f32, NCHW, slices along N. A model whose manifest declares a
+//!    float16 input gets these values converted to half precision at the
+//!    inference boundary (`engine/src/model.rs`).
 
 use serde::{Deserialize, Serialize};
 
