@@ -80,6 +80,9 @@ pub struct Assembler {
     studies: BTreeMap<String, StudyState>,
     /// Completed series by (study, series), kept until their study completes.
     ready: BTreeMap<(String, String), Arc<SeriesReady>>,
+    /// Bytes of the instances of open studies (kept as a running total: the
+    /// gauge is updated per instance, a sum over all would be quadratic).
+    open_bytes: u64,
 }
 
 impl InstanceRecord {
@@ -116,6 +119,7 @@ impl Assembler {
             events,
             studies: BTreeMap::new(),
             ready: BTreeMap::new(),
+            open_bytes: 0,
         }
     }
 
@@ -149,28 +153,18 @@ impl Assembler {
         if series.expected.is_some() && series.expected != h.images_in_acquisition {
             series.expected = None;
         }
-        let is_new = series
+        let replaced = series
             .instances
-            .insert(h.sop_instance_uid.clone(), InstanceRecord::from_stored(stored))
-            .is_none();
+            .insert(h.sop_instance_uid.clone(), InstanceRecord::from_stored(stored));
+        let is_new = replaced.is_none();
+        self.open_bytes = self.open_bytes + stored.bytes - replaced.map(|r| r.bytes).unwrap_or(0);
         if is_new && series.complete {
             tracing::info!(series = %h.series_instance_uid, "late instance reopens a completed series");
             series.complete = false;
             self.ready
                 .remove(&(h.study_instance_uid.clone(), h.series_instance_uid.clone()));
         }
-        self.update_spool_gauge();
-    }
-
-    fn update_spool_gauge(&self) {
-        let bytes: u64 = self
-            .studies
-            .values()
-            .flat_map(|st| st.series.values())
-            .flat_map(|se| se.instances.values())
-            .map(|i| i.bytes)
-            .sum();
-        self.metrics.spool_instances_bytes.set(bytes as i64);
+        self.metrics.spool_instances_bytes.set(self.open_bytes as i64);
     }
 
     /// Rebuilds state from the spool after a restart: studies without a
@@ -262,6 +256,14 @@ impl Assembler {
             .collect();
         for study_uid in due_studies {
             let state = self.studies.remove(&study_uid).expect("listed above");
+            let study_bytes: u64 = state
+                .series
+                .values()
+                .flat_map(|se| se.instances.values())
+                .map(|i| i.bytes)
+                .sum();
+            self.open_bytes -= study_bytes;
+            self.metrics.spool_instances_bytes.set(self.open_bytes as i64);
             let series = state
                 .series
                 .keys()
@@ -281,7 +283,6 @@ impl Assembler {
                 usable = ready.usable_series().count(),
                 "study complete"
             );
-            self.update_spool_gauge();
             self.send(AssemblyEvent::StudyComplete(ready)).await;
         }
     }

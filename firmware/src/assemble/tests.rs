@@ -76,6 +76,11 @@ async fn series_then_study_complete_after_idle() {
             t0,
         );
     }
+    assert_eq!(
+        a.metrics.spool_instances_bytes.get(),
+        3000,
+        "three open instances of 1000 bytes"
+    );
     a.complete_due(t0 + Duration::from_secs(9)).await;
     assert!(rx.try_recv().is_err(), "nothing before the series idle time");
     a.complete_due(t0 + Duration::from_secs(10)).await;
@@ -97,6 +102,11 @@ async fn series_then_study_complete_after_idle() {
     assert_eq!(study.series.len(), 1);
     assert!(study.dir.join(crate::spool::STUDY_MANIFEST).exists());
     assert_eq!(a.open_studies(), 0);
+    assert_eq!(
+        a.metrics.spool_instances_bytes.get(),
+        0,
+        "completed studies leave the open total"
+    );
 }
 
 #[tokio::test(start_paused = true)]
