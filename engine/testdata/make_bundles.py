@@ -31,45 +31,31 @@ def save(model, path):
     onnx.save(model, path)
 
 
-def tiny(out):
-    rng = np.random.default_rng(7)
+def tiny(out, half=False):
+    """A 4-class linear head on 3x8x8 inputs with known weights; with
+    `half`, float16 input and output (Cast at the edges)."""
+    rng = np.random.default_rng(8 if half else 7)
     w = rng.standard_normal((3 * 8 * 8, 4)).astype(np.float32) * 0.1
     b = np.array([0.1, -0.2, 0.3, 0.0], dtype=np.float32)
+    io_type = TensorProto.FLOAT16 if half else TensorProto.FLOAT
+    first, last = ("pixels32", "logits32") if half else ("pixels", "logits")
     nodes = [
-        helper.make_node("Flatten", ["pixels"], ["flat"], axis=1),
-        helper.make_node("Gemm", ["flat", "w", "b"], ["logits"]),
+        helper.make_node("Flatten", [first], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "w", "b"], [last]),
     ]
+    if half:
+        nodes.insert(0, helper.make_node("Cast", ["pixels"], ["pixels32"], to=TensorProto.FLOAT))
+        nodes.append(helper.make_node("Cast", ["logits32"], ["logits"], to=TensorProto.FLOAT16))
     graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 3, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        nodes, "tiny16" if half else "tiny",
+        [helper.make_tensor_value_info("pixels", io_type, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", io_type, ["batch", 4])],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    return model, {"pixels": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)}
-
-
-def tiny16(out):
-    """The tiny head with float16 input and output (Cast at the edges)."""
-    rng = np.random.default_rng(8)
-    w = rng.standard_normal((3 * 8 * 8, 4)).astype(np.float32) * 0.1
-    b = np.array([0.1, -0.2, 0.3, 0.0], dtype=np.float32)
-    nodes = [
-        helper.make_node("Cast", ["pixels"], ["pixels32"], to=TensorProto.FLOAT),
-        helper.make_node("Flatten", ["pixels32"], ["flat"], axis=1),
-        helper.make_node("Gemm", ["flat", "w", "b"], ["logits32"]),
-        helper.make_node("Cast", ["logits32"], ["logits"], to=TensorProto.FLOAT16),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny16",
-        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT16, ["batch", 3, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT16, ["batch", 4])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model, {"pixels": rng.standard_normal((2, 3, 8, 8)).astype(np.float16)}
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float16 if half else np.float32)
+    return model, {"pixels": x}
 
 
 def vit(out, width=384, depth=12, heads=6, registers=4, image=224, patch=16):
@@ -204,7 +190,7 @@ def main():
     out = sys.argv[1]
     m, feeds = tiny(out)
     write(out, "tiny", m, feeds, '["batch", 3, 8, 8]', '["batch", 4]')
-    m, feeds = tiny16(out)
+    m, feeds = tiny(out, half=True)
     write(out, "tiny16", m, feeds, '["batch", 3, 8, 8]', '["batch", 4]', dtype="float16", tol="1e-2")
     m, feeds = vit(out)
     write(out, "vit", m, feeds, '["batch", 3, 224, 224]', '["batch", 384]')
