@@ -25,6 +25,7 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod models;
+pub mod preprocess;
 pub mod scu;
 pub mod spool;
 pub mod uid;

@@ -60,6 +60,17 @@ enum Command {
         #[command(subcommand)]
         command: PhantomCommand,
     },
+    /// Decode and preprocess DICOM files (directories are walked) into
+    /// float32 tensors, one .npy per series stack, plus index.json.
+    Preprocess {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Take the preprocessing spec from this bundle (default: the method's).
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+    },
     /// Model bundles.
     Bundle {
         #[command(subcommand)]
@@ -410,6 +421,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::from(2)
             })
+        }
+        Command::Preprocess { paths, out, bundle } => {
+            let files = scu::collect_files(&paths).context("listing files")?;
+            let spec = match bundle {
+                Some(dir) => spineagent_engine::Bundle::open(&dir)?.manifest.preprocess,
+                None => spineagent_kernels::PreprocessSpec::default(),
+            };
+            let started = std::time::Instant::now();
+            let index = spineagent::preprocess::run(&files, &out, &spec)?;
+            let slices: usize = index.iter().map(|s| s.shape[0]).sum();
+            println!(
+                "{} series stacks, {slices} slices -> {} ({:.1} s)",
+                index.len(),
+                out.display(),
+                started.elapsed().as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Engines { command } => {
             engines(command)?;

@@ -140,3 +140,84 @@ fn daemon_classifies_every_phantom_series_from_its_tags() {
     }
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
 }
+
+#[test]
+fn preprocess_writes_one_tensor_per_series_stack_in_slice_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let study = tmp.path().join("study");
+    let truth = make_study(&study, 300, "philips", "lumbar");
+    let out = tmp.path().join("tensors");
+    let mut cmd = Command::new(bin());
+    cmd.arg("preprocess").arg(&study).arg("--out").arg(&out);
+    run(&mut cmd);
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("index.json")).unwrap()).unwrap();
+    let entries = index.as_array().unwrap();
+    let total_files: usize = truth["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["files"].as_array().unwrap().len())
+        .sum();
+    let total_slices: usize = entries.iter().map(|e| e["shape"][0].as_u64().unwrap() as usize).sum();
+    assert_eq!(total_slices, total_files, "every slice lands in exactly one tensor");
+    // The axial series is one tensor per disc block (5 lumbar discs).
+    let axial_uid = truth["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["plane"] == "axial")
+        .unwrap()["series_instance_uid"]
+        .clone();
+    assert_eq!(
+        entries.iter().filter(|e| e["series_instance_uid"] == axial_uid).count(),
+        5
+    );
+    for e in entries {
+        let shape: Vec<u64> = e["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap())
+            .collect();
+        assert_eq!(&shape[1..], &[3, 224, 224]);
+        let bytes = std::fs::metadata(out.join(e["tensor"].as_str().unwrap()))
+            .unwrap()
+            .len();
+        assert!(bytes >= shape.iter().product::<u64>() * 4, "tensor file too small");
+        // Slices follow their positions along the normal.
+        let files: Vec<std::path::PathBuf> = e["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap().into())
+            .collect();
+        let along: Vec<f64> = files
+            .iter()
+            .map(|f| {
+                use dicom_dictionary_std::tags;
+                let o = dicom_object::open_file(f).unwrap();
+                let p = o
+                    .element(tags::IMAGE_POSITION_PATIENT)
+                    .unwrap()
+                    .to_multi_float64()
+                    .unwrap();
+                let r = o
+                    .element(tags::IMAGE_ORIENTATION_PATIENT)
+                    .unwrap()
+                    .to_multi_float64()
+                    .unwrap();
+                let n = [
+                    r[1] * r[5] - r[2] * r[4],
+                    r[2] * r[3] - r[0] * r[5],
+                    r[0] * r[4] - r[1] * r[3],
+                ];
+                p[0] * n[0] + p[1] * n[1] + p[2] * n[2]
+            })
+            .collect();
+        assert!(
+            along.windows(2).all(|w| w[0] <= w[1] + 1e-6),
+            "{:?}: {along:?}",
+            e["tensor"]
+        );
+    }
+}
