@@ -53,11 +53,15 @@ pub fn run(files: &[PathBuf], out: &Path, spec: &PreprocessSpec) -> anyhow::Resu
         for (k, stack) in build_stacks(placed, 35.0).into_iter().enumerate() {
             let mut decoded = Vec::new();
             let mut sources = Vec::new();
+            // A multi-frame file holds many slices: decode each file once.
+            let mut files_decoded: BTreeMap<&str, Vec<spineagent_engine::decode::DecodedSlice>> = BTreeMap::new();
             for s in &stack.slices {
-                let frames = decode_file(Path::new(&s.file))?;
-                let frame = frames
-                    .into_iter()
-                    .nth(s.frame as usize - 1)
+                if !files_decoded.contains_key(s.file.as_str()) {
+                    files_decoded.insert(&s.file, decode_file(Path::new(&s.file))?);
+                }
+                let frame = files_decoded[s.file.as_str()]
+                    .get(s.frame as usize - 1)
+                    .cloned()
                     .ok_or_else(|| anyhow::anyhow!("{}: frame {} missing", s.file, s.frame))?;
                 decoded.push(frame);
                 sources.push(PathBuf::from(&s.file));
