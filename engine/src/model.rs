@@ -9,6 +9,7 @@ use ort::value::{Tensor, TensorElementType, ValueType};
 
 use crate::bundle::{Bundle, Dim, ModelSpec, TensorSpec};
 use crate::npy::ArrayF32;
+use crate::providers::Provider;
 use crate::runtime::Runtime;
 
 #[derive(Debug, thiserror::Error)]
@@ -229,6 +230,15 @@ impl Model {
         let outputs = session
             .run(values.iter().map(|(n, t)| (n.as_str(), t)).collect::<Vec<_>>())
             .map_err(|e| err(e.to_string()))?;
+        self.extract(&outputs)
+    }
+
+    /// The outputs in manifest order as float32 host arrays.
+    fn extract(&self, outputs: &ort::session::SessionOutputs<'_>) -> Result<Vec<ArrayF32>, ModelError> {
+        let err = |reason: String| ModelError::Run {
+            model: self.spec.name.clone(),
+            reason,
+        };
         self.spec
             .outputs
             .iter()
@@ -249,5 +259,54 @@ impl Model {
                 })
             })
             .collect()
+    }
+
+    /// Runs a single-input float32 model on a batch that the CUDA kernels
+    /// left in device memory: ONNX Runtime's CUDA or TensorRT provider reads
+    /// it in place, with no copy through host memory. Outputs come back to
+    /// the host (they are small: embeddings and logits).
+    #[cfg(feature = "gpu")]
+    pub fn run_device(&self, batch: &spineagent_kernels::cuda::DeviceBatch) -> Result<Vec<ArrayF32>, ModelError> {
+        use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+        use ort::value::TensorRefMut;
+        let err = |reason: String| ModelError::Run {
+            model: self.spec.name.clone(),
+            reason,
+        };
+        if !matches!(self.provider, Provider::Cuda | Provider::Tensorrt) {
+            return Err(err(format!(
+                "a device batch needs the CUDA or TensorRT provider; this session runs on {:?}",
+                self.provider
+            )));
+        }
+        let [input] = self.spec.inputs.as_slice() else {
+            return Err(err("a device batch feeds single-input models only".into()));
+        };
+        if input.dtype != "float32" {
+            return Err(err(format!(
+                "input {} is {}; the kernels write float32 (use run())",
+                input.name, input.dtype
+            )));
+        }
+        let info = MemoryInfo::new(
+            AllocationDevice::CUDA,
+            batch.ordinal as i32,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .map_err(|e| err(e.to_string()))?;
+        let shape: Vec<i64> = batch.shape.iter().map(|d| *d as i64).collect();
+        // SAFETY: the pointer is the batch's device allocation of exactly
+        // shape.product() f32 on device `ordinal`; `batch` is borrowed for
+        // the whole run, so the memory outlives the tensor view, and the
+        // kernels that wrote it have finished (DeviceBatch guarantees it).
+        let tensor =
+            unsafe { TensorRefMut::<f32>::from_raw(info, batch.device_ptr() as usize as *mut _, shape.into()) }
+                .map_err(|e| err(e.to_string()))?;
+        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let outputs = session
+            .run(ort::inputs![input.name.as_str() => tensor])
+            .map_err(|e| err(e.to_string()))?;
+        self.extract(&outputs)
     }
 }

@@ -193,8 +193,78 @@ fn unavailable_gpu_providers_fall_back_to_cpu() {
     };
     let b = Bundle::open(&bundle("tiny")).unwrap();
     let m = Model::load(Runtime::global().unwrap(), &b, "tiny", &options).unwrap();
-    // The PyPI CPU build of ONNX Runtime has neither GPU provider.
-    assert_eq!(m.provider, Provider::Cpu);
+    // Without a GPU (or with the PyPI CPU build of ONNX Runtime) neither
+    // GPU provider can be registered.
+    if spineagent_kernels::cuda::available().is_err() {
+        assert_eq!(m.provider, Provider::Cpu);
+    }
     let golden = spineagent_engine::npy::read_f32(&bundle("tiny").join("golden_input.npy")).unwrap();
     assert_eq!(m.run(vec![golden]).unwrap()[0].shape, vec![2, 4]);
+}
+
+/// The CUDA kernels' output feeds the CUDA provider in place and gives the
+/// embeddings the host path gives. Runs where a GPU and a CUDA build of ONNX
+/// Runtime are (ORT_DYLIB_PATH); says why when skipped.
+#[test]
+fn device_batch_feeds_the_cuda_provider_in_place() {
+    use spineagent_engine::providers::{Provider, ProviderConfig};
+    use spineagent_kernels::Slice;
+    if let Err(why) = spineagent_kernels::cuda::available() {
+        eprintln!("SKIPPED device_batch_feeds_the_cuda_provider_in_place: {why}");
+        return;
+    }
+    let b = Bundle::open(&bundle("vit")).unwrap();
+    let gpu_options = SessionOptions {
+        threads: 2,
+        providers: ProviderConfig {
+            order: vec![Provider::Cuda],
+            ..Default::default()
+        },
+    };
+    let runtime = Runtime::global().unwrap();
+    let gpu_model = Model::load(runtime, &b, "vit", &gpu_options).unwrap();
+    if gpu_model.provider != Provider::Cuda {
+        eprintln!(
+            "SKIPPED device_batch_feeds_the_cuda_provider_in_place: {} has no CUDA provider",
+            runtime.library.display()
+        );
+        return;
+    }
+    let cpu_model = Model::load(runtime, &b, "vit", &SessionOptions::with_threads(2)).unwrap();
+    let (rows, cols) = (192, 160);
+    let stored: Vec<Vec<i32>> = (0..4)
+        .map(|k| (0..rows * cols).map(|i| ((i * 37 + k * 1001) % 4000) as i32).collect())
+        .collect();
+    let slices: Vec<Slice> = stored
+        .iter()
+        .map(|v| Slice {
+            rows,
+            cols,
+            values: v,
+            invert: false,
+        })
+        .collect();
+    let spec = PreprocessSpec::default();
+    let host = preprocess(&slices, &spec).unwrap();
+    let expected = cpu_model
+        .run(vec![spineagent_engine::npy::ArrayF32 {
+            shape: vec![4, 3, 224, 224],
+            data: host,
+        }])
+        .unwrap();
+    let gpu = spineagent_kernels::cuda::CudaPreprocessor::new(0).unwrap();
+    let batch = gpu.preprocess_to_batch(&slices, &spec).unwrap();
+    let got = gpu_model.run_device(&batch).unwrap();
+    assert_eq!(got[0].shape, expected[0].shape);
+    let diff = got[0]
+        .data
+        .iter()
+        .zip(&expected[0].data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    eprintln!("device batch vs host path: max abs diff {diff:e}");
+    assert!(diff < 1e-2, "{diff}");
+    // A CPU session refuses a device batch with a reason, not a crash.
+    let refused = cpu_model.run_device(&batch).unwrap_err().to_string();
+    assert!(refused.contains("CUDA or TensorRT"), "{refused}");
 }

@@ -190,10 +190,55 @@ impl CudaPreprocessor {
         Ok(out)
     }
 
+    /// Preprocesses on the GPU into a batch that an inference runtime on the
+    /// same device reads in place: the kernels are finished when this
+    /// returns, because the runtime reads the memory from its own stream.
+    pub fn preprocess_to_batch(&self, slices: &[Slice], spec: &PreprocessSpec) -> Result<DeviceBatch, PreprocessError> {
+        let data = self.preprocess_on_device(slices, spec)?;
+        self.synchronize()?;
+        Ok(DeviceBatch {
+            shape: [slices.len(), 3, spec.crop, spec.crop],
+            ordinal: self.stream.context().ordinal(),
+            data,
+        })
+    }
+
     /// Preprocesses on the GPU and copies the tensor back.
     pub fn preprocess(&self, slices: &[Slice], spec: &PreprocessSpec) -> Result<Vec<f32>, PreprocessError> {
         let out = self.preprocess_on_device(slices, spec)?;
         self.stream.clone_dtoh(&out).map_err(cuda("download"))
+    }
+}
+
+/// A preprocessed float32 NCHW batch in device memory, complete (no kernel
+/// still writes it). The memory is freed when the batch is dropped, so a
+/// consumer holding [`DeviceBatch::device_ptr`] must borrow the batch.
+pub struct DeviceBatch {
+    data: CudaSlice<f32>,
+    pub shape: [usize; 4],
+    pub ordinal: usize,
+}
+
+impl DeviceBatch {
+    /// The raw device address of the first element.
+    pub fn device_ptr(&self) -> u64 {
+        use cudarc::driver::DevicePtr;
+        let stream = self.data.stream().clone();
+        let (ptr, _sync) = self.data.device_ptr(&stream);
+        ptr
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.len() == 0
+    }
+
+    /// Copies the batch to host memory (for checks).
+    pub fn to_host(&self) -> Result<Vec<f32>, PreprocessError> {
+        self.data.stream().clone_dtoh(&self.data).map_err(cuda("download"))
     }
 }
 
