@@ -78,9 +78,38 @@ pub struct ModelSpec {
     pub golden_input_sha256: Option<String>,
     pub golden_output: Option<PathBuf>,
     pub golden_output_sha256: Option<String>,
+    /// Golden data of multi-input/-output models, in manifest order.
+    #[serde(default)]
+    pub golden_inputs: Vec<FileRef>,
+    #[serde(default)]
+    pub golden_outputs: Vec<FileRef>,
     /// Largest absolute difference from the golden output that passes.
     #[serde(default = "default_tolerance")]
     pub tolerance: f32,
+}
+
+/// A bundle file and its sha256.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRef {
+    pub file: PathBuf,
+    pub sha256: String,
+}
+
+impl ModelSpec {
+    /// Golden input and output files (single- or multi-tensor form).
+    pub fn golden(&self) -> Option<(Vec<PathBuf>, Vec<PathBuf>)> {
+        if let (Some(i), Some(o)) = (&self.golden_input, &self.golden_output) {
+            return Some((vec![i.clone()], vec![o.clone()]));
+        }
+        if self.golden_inputs.is_empty() || self.golden_outputs.is_empty() {
+            return None;
+        }
+        Some((
+            self.golden_inputs.iter().map(|f| f.file.clone()).collect(),
+            self.golden_outputs.iter().map(|f| f.file.clone()).collect(),
+        ))
+    }
 }
 
 fn default_tolerance() -> f32 {
@@ -101,6 +130,9 @@ pub struct Manifest {
     /// The agent roster: agent name to the model(s) it runs.
     #[serde(default)]
     pub agents: BTreeMap<String, Vec<String>>,
+    /// Other data the stages need (retrieval index, report texts), hashed.
+    #[serde(default)]
+    pub files: BTreeMap<String, FileRef>,
 }
 
 /// An opened, hash-verified bundle.
@@ -180,6 +212,24 @@ impl Bundle {
                     _ => {}
                 }
             }
+            for g in m.golden_inputs.iter().chain(&m.golden_outputs) {
+                verify(dir, &g.file, &g.sha256)?;
+            }
+            if !m.golden_inputs.is_empty() && m.golden_inputs.len() != m.inputs.len() {
+                return Err(invalid(format!(
+                    "model {}: golden inputs do not match its inputs",
+                    m.name
+                )));
+            }
+            if !m.golden_outputs.is_empty() && m.golden_outputs.len() != m.outputs.len() {
+                return Err(invalid(format!(
+                    "model {}: golden outputs do not match its outputs",
+                    m.name
+                )));
+            }
+        }
+        for f in manifest.files.values() {
+            verify(dir, &f.file, &f.sha256)?;
         }
         for (agent, models) in &manifest.agents {
             for m in models {
@@ -192,6 +242,23 @@ impl Bundle {
             dir: dir.to_owned(),
             manifest,
         })
+    }
+
+    /// The path of a named data file (`[files]`), hash already verified.
+    pub fn file(&self, name: &str) -> Option<PathBuf> {
+        self.manifest.files.get(name).map(|f| self.dir.join(&f.file))
+    }
+
+    /// A label map, or an error naming it.
+    pub fn labels(&self, name: &str) -> Result<&[String], BundleError> {
+        self.manifest
+            .labels
+            .get(name)
+            .map(Vec::as_slice)
+            .ok_or_else(|| BundleError::Invalid {
+                dir: self.dir.clone(),
+                problem: format!("no label map {name}"),
+            })
     }
 
     pub fn model(&self, name: &str) -> Option<&ModelSpec> {

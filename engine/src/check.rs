@@ -49,33 +49,43 @@ pub fn check_bundle(dir: &Path, options: &SessionOptions) -> Result<Vec<ModelRep
         let model = Model::load(runtime, &bundle, &spec.name, options)?;
         let load_seconds = started.elapsed().as_secs_f64();
         let (mut run_seconds, mut max_abs_diff) = (0.0, None);
-        if let (Some(gi), Some(go)) = (&spec.golden_input, &spec.golden_output) {
-            let input = npy::read_f32(&bundle.dir.join(gi))?;
-            let want = npy::read_f32(&bundle.dir.join(go))?;
-            let started = Instant::now();
-            let got = model.run(vec![input])?.remove(0);
-            run_seconds = started.elapsed().as_secs_f64();
-            if got.shape != want.shape {
-                return Err(CheckError::GoldenShape {
-                    model: spec.name.clone(),
-                    got: got.shape,
-                    want: want.shape,
-                });
-            }
-            let diff = got
-                .data
+        if let Some((inputs, outputs)) = spec.golden() {
+            let inputs = inputs
                 .iter()
-                .zip(&want.data)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            if !(diff <= spec.tolerance) {
-                return Err(CheckError::Golden {
-                    model: spec.name.clone(),
-                    diff,
-                    tolerance: spec.tolerance,
-                });
+                .map(|f| npy::read_f32(&bundle.dir.join(f)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let wants = outputs
+                .iter()
+                .map(|f| npy::read_f32(&bundle.dir.join(f)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let started = Instant::now();
+            let gots = model.run(inputs)?;
+            run_seconds = started.elapsed().as_secs_f64();
+            let mut worst = 0f32;
+            for (got, want) in gots.iter().zip(&wants) {
+                if got.shape != want.shape {
+                    return Err(CheckError::GoldenShape {
+                        model: spec.name.clone(),
+                        got: got.shape.clone(),
+                        want: want.shape.clone(),
+                    });
+                }
+                let diff = got
+                    .data
+                    .iter()
+                    .zip(&want.data)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                if !(diff <= spec.tolerance) {
+                    return Err(CheckError::Golden {
+                        model: spec.name.clone(),
+                        diff,
+                        tolerance: spec.tolerance,
+                    });
+                }
+                worst = worst.max(diff);
             }
-            max_abs_diff = Some(diff);
+            max_abs_diff = Some(worst);
         }
         reports.push(ModelReport {
             name: spec.name.clone(),

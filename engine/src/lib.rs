@@ -5,6 +5,7 @@
 //! kernels' input ([`spineagent_kernels`] does the transform).
 //! No sockets, config files or metrics here.
 
+pub mod analysis;
 pub mod bundle;
 pub mod check;
 pub mod decode;

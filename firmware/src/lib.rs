@@ -17,6 +17,7 @@
 //!
 //! [`scu`] is the sending side (`spineagent send`, report delivery).
 
+pub mod analyze;
 pub mod assemble;
 pub mod config;
 pub mod daemon;

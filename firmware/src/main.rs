@@ -62,6 +62,24 @@ enum Command {
     },
     /// Decode and preprocess DICOM files (directories are walked) into
     /// float32 tensors, one .npy per series stack, plus index.json.
+    /// Run the model bundle on one study's DICOM files (directories are
+    /// walked): series embeddings, agents' findings, structured tokens.
+    Analyze {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Bundle directory (default: models/spinefm-tiny).
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        /// Print the whole analysis as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Findings at or above this probability are reported.
+        #[arg(long, default_value_t = spineagent_engine::analysis::DEFAULT_THRESHOLD)]
+        threshold: f32,
+        /// Intra-op threads per model (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     Preprocess {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -70,6 +88,12 @@ enum Command {
         /// Take the preprocessing spec from this bundle (default: the method's).
         #[arg(long)]
         bundle: Option<PathBuf>,
+        /// Override the spec's resize side (pixels).
+        #[arg(long)]
+        resize: Option<usize>,
+        /// Override the spec's centre crop side (pixels).
+        #[arg(long)]
+        crop: Option<usize>,
     },
     /// Model bundles.
     Bundle {
@@ -422,12 +446,45 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(2)
             })
         }
-        Command::Preprocess { paths, out, bundle } => {
+        Command::Analyze {
+            paths,
+            bundle,
+            json,
+            threshold,
+            threads,
+        } => {
             let files = scu::collect_files(&paths).context("listing files")?;
-            let spec = match bundle {
+            let bundle = bundle.unwrap_or_else(spineagent::analyze::default_bundle);
+            let mut options = spineagent_engine::SessionOptions::default();
+            if let Some(t) = threads {
+                options.threads = t;
+            }
+            let started = std::time::Instant::now();
+            let analysis = spineagent::analyze::analyze_files(&files, &bundle, &options, threshold)
+                .with_context(|| format!("analyzing with {}", bundle.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&analysis)?);
+            } else {
+                print!("{}", spineagent::analyze::summary(&analysis));
+                println!("({:.1} s)", started.elapsed().as_secs_f64());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Preprocess {
+            paths,
+            out,
+            bundle,
+            resize,
+            crop,
+        } => {
+            let files = scu::collect_files(&paths).context("listing files")?;
+            let mut spec = match bundle {
                 Some(dir) => spineagent_engine::Bundle::open(&dir)?.manifest.preprocess,
                 None => spineagent_kernels::PreprocessSpec::default(),
             };
+            spec.resize = resize.unwrap_or(spec.resize);
+            spec.crop = crop.unwrap_or(spec.crop);
+            spec.validate().context("preprocessing spec")?;
             let started = std::time::Instant::now();
             let index = spineagent::preprocess::run(&files, &out, &spec)?;
             let slices: usize = index.iter().map(|s| s.shape[0]).sum();

@@ -1,18 +1,20 @@
-//! `spineagent preprocess`: the product's own decoding and preprocessing
-//! applied to DICOM files, written as tensors, so training and serving can
-//! never disagree on pixels. Files are grouped by series, slices ordered
-//! along the slice normal (as the receiver orders them), and each series
-//! becomes one float32 `.npy` of shape [slices, 3, crop, crop].
+//! The product's own decoding and preprocessing of DICOM files into
+//! per-stack tensors: used by `spineagent preprocess` (written as `.npy`
+//! for training, so training and serving can never disagree on pixels) and
+//! by `spineagent analyze`. Files are grouped by series, slices ordered along
+//! the slice normal (as the receiver orders them), and each stack becomes one
+//! float32 tensor of shape [slices, 3, crop, crop].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use spineagent_engine::decode::decode_file;
+use spineagent_engine::decode::{DecodedSlice, decode_file};
 use spineagent_engine::npy::{ArrayF32, write_f32};
 use spineagent_kernels::{PreprocessSpec, cpu::preprocess};
 
-use crate::assemble::geometry::{Placed, build_stacks};
+use crate::assemble::classify::Rules;
+use crate::assemble::geometry::{Placed, Plane, build_stacks};
 use crate::spool::read_header;
 
 #[derive(Debug, Serialize)]
@@ -23,21 +25,39 @@ pub struct SeriesTensor {
     pub shape: Vec<usize>,
     /// Source file of each slice, in tensor order.
     pub files: Vec<PathBuf>,
+    /// InstanceNumber (null where absent) and 1-based frame of each slice,
+    /// in tensor order: what joins a slice to per-instance labels.
+    pub instance_numbers: Vec<Option<i32>>,
+    pub frames: Vec<u32>,
 }
 
-/// Preprocesses every series among `files` into `out`; returns the index
-/// (also written as `out/index.json`).
-pub fn run(files: &[PathBuf], out: &Path, spec: &PreprocessSpec) -> anyhow::Result<Vec<SeriesTensor>> {
-    std::fs::create_dir_all(out)?;
-    let mut series: BTreeMap<String, (String, Vec<Placed>)> = BTreeMap::new();
+/// One preprocessed stack of a series, in memory.
+pub struct Stack {
+    pub series_instance_uid: String,
+    pub series_description: String,
+    /// Family from the series rules (t1, t2, stir, ...).
+    pub family: String,
+    pub plane: Plane,
+    pub tensor: ArrayF32,
+    pub files: Vec<PathBuf>,
+    pub sop_instance_uids: Vec<String>,
+    pub instance_numbers: Vec<Option<i32>>,
+    pub frames: Vec<u32>,
+}
+
+/// Decodes and preprocesses every series among `files`; files that are not
+/// images with geometry are passed over.
+pub fn stacks(files: &[PathBuf], spec: &PreprocessSpec, rules: &Rules) -> anyhow::Result<Vec<Stack>> {
+    let mut series: BTreeMap<String, (String, String, Vec<Placed>)> = BTreeMap::new();
     for f in files {
         let Ok(h) = read_header(f) else { continue };
         let Some(orientation) = h.orientation else { continue };
+        let family = rules.family(&h).as_str().to_string();
         let entry = series
             .entry(h.series_instance_uid.clone())
-            .or_insert_with(|| (h.series_description.clone(), Vec::new()));
+            .or_insert_with(|| (h.series_description.clone(), family, Vec::new()));
         for (i, p) in h.positions.iter().enumerate() {
-            entry.1.push(Placed {
+            entry.2.push(Placed {
                 sop_instance_uid: h.sop_instance_uid.clone(),
                 file: f.display().to_string(),
                 frame: i as u32 + 1,
@@ -47,14 +67,13 @@ pub fn run(files: &[PathBuf], out: &Path, spec: &PreprocessSpec) -> anyhow::Resu
             });
         }
     }
-    let mut index = Vec::new();
-    for (uid, (description, placed)) in series {
+    let mut out = Vec::new();
+    for (uid, (description, family, placed)) in series {
         // One tensor per stack of parallel slices (multi-block axials give several).
-        for (k, stack) in build_stacks(placed, 35.0).into_iter().enumerate() {
-            let mut decoded = Vec::new();
-            let mut sources = Vec::new();
+        for stack in build_stacks(placed, 35.0) {
+            let mut decoded: Vec<DecodedSlice> = Vec::new();
             // A multi-frame file holds many slices: decode each file once.
-            let mut files_decoded: BTreeMap<&str, Vec<spineagent_engine::decode::DecodedSlice>> = BTreeMap::new();
+            let mut files_decoded: BTreeMap<&str, Vec<DecodedSlice>> = BTreeMap::new();
             for s in &stack.slices {
                 if !files_decoded.contains_key(s.file.as_str()) {
                     files_decoded.insert(&s.file, decode_file(Path::new(&s.file))?);
@@ -64,27 +83,48 @@ pub fn run(files: &[PathBuf], out: &Path, spec: &PreprocessSpec) -> anyhow::Resu
                     .cloned()
                     .ok_or_else(|| anyhow::anyhow!("{}: frame {} missing", s.file, s.frame))?;
                 decoded.push(frame);
-                sources.push(PathBuf::from(&s.file));
             }
             let views: Vec<_> = decoded.iter().map(|d| d.as_slice()).collect();
             let data = preprocess(&views, spec)?;
-            let shape = vec![views.len(), 3, spec.crop, spec.crop];
-            let name = format!("{uid}_{k}.npy");
-            write_f32(
-                &out.join(&name),
-                &ArrayF32 {
-                    shape: shape.clone(),
-                    data,
-                },
-            )?;
-            index.push(SeriesTensor {
+            out.push(Stack {
                 series_instance_uid: uid.clone(),
                 series_description: description.clone(),
-                tensor: name,
-                shape,
-                files: sources,
+                family: family.clone(),
+                plane: stack.plane,
+                tensor: ArrayF32 {
+                    shape: vec![views.len(), 3, spec.crop, spec.crop],
+                    data,
+                },
+                files: stack.slices.iter().map(|s| PathBuf::from(&s.file)).collect(),
+                sop_instance_uids: stack.slices.iter().map(|s| s.sop_instance_uid.clone()).collect(),
+                instance_numbers: stack.slices.iter().map(|s| s.instance_number).collect(),
+                frames: stack.slices.iter().map(|s| s.frame).collect(),
             });
         }
+    }
+    Ok(out)
+}
+
+/// Preprocesses every series among `files` into `out` (one `.npy` per
+/// stack); returns the index (also written as `out/index.json`).
+pub fn run(files: &[PathBuf], out: &Path, spec: &PreprocessSpec) -> anyhow::Result<Vec<SeriesTensor>> {
+    std::fs::create_dir_all(out)?;
+    let mut index = Vec::new();
+    let mut count: BTreeMap<String, usize> = BTreeMap::new();
+    for stack in stacks(files, spec, &Rules::builtin())? {
+        let k = count.entry(stack.series_instance_uid.clone()).or_default();
+        let name = format!("{}_{k}.npy", stack.series_instance_uid);
+        *k += 1;
+        write_f32(&out.join(&name), &stack.tensor)?;
+        index.push(SeriesTensor {
+            series_instance_uid: stack.series_instance_uid,
+            series_description: stack.series_description,
+            tensor: name,
+            shape: stack.tensor.shape,
+            files: stack.files,
+            instance_numbers: stack.instance_numbers,
+            frames: stack.frames,
+        });
     }
     std::fs::write(out.join("index.json"), serde_json::to_vec_pretty(&index)?)?;
     Ok(index)

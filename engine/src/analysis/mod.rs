@@ -1,0 +1,583 @@
+//! The whole bundle on one study: encoders (or the synthesizer) per series
+//! stack, slice agents, series pooling, patient embedding, condition agents
+//! and retrieval, in the order `training/spinefm/pipeline.py` trains them.
+//!
+//! Input is already preprocessed (the kernels' NCHW tensors per stack) and
+//! classified by tags; output is [`StudyAnalysis`], serializable as the
+//! `spineagent analyze --json` document, with the structured tokens the
+//! report stage reads.
+
+mod tokens;
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::bundle::{Bundle, BundleError};
+use crate::model::{Model, ModelError, SessionOptions};
+use crate::npy::{self, ArrayF32};
+use crate::runtime::Runtime;
+
+pub use tokens::structured_tokens;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AnalysisError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error("{0}")]
+    Data(String),
+}
+
+/// Slices per encoder call: bounds memory on long series.
+const CHUNK: usize = 16;
+/// Findings at or above this probability are reported.
+pub const DEFAULT_THRESHOLD: f32 = 0.5;
+/// A level position is answered only where the level segmentation found
+/// both of its vertebrae in at least this many patches (over all series).
+const MIN_LEVEL_MASS: f32 = 2.0;
+
+/// One preprocessed series stack, classified from its tags.
+pub struct SeriesInput {
+    pub series_instance_uid: String,
+    pub description: String,
+    /// Family as the rules named it (t1, t2, stir, dixon_water, ...).
+    pub family: String,
+    /// sagittal or axial.
+    pub plane: String,
+    /// [slices, 3, crop, crop] float32, slices in stack order.
+    pub pixels: ArrayF32,
+    /// SOP Instance UID of each slice (key-slice references).
+    pub sop_instance_uids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SeriesAnalysis {
+    pub series_instance_uid: String,
+    pub description: String,
+    pub family: String,
+    pub plane: String,
+    /// The encoder path: encoder_t1, encoder_t2 or synthesizer.
+    pub path: String,
+    /// What the pixels say (recognition agent), with its probability.
+    pub recognized_family: (String, f32),
+    pub recognized_plane: (String, f32),
+    pub recognized_region: (String, f32),
+    /// True where the recognized family or plane disagrees with the tags.
+    pub tags_disagree: bool,
+    /// Pooling attention per slice (sums to 1): the slice selection.
+    pub attention: Vec<f32>,
+    /// The most attended slice (index, SOP Instance UID).
+    pub key_slice: (usize, String),
+    #[serde(skip)]
+    pub embedding: Vec<f32>,
+    /// Per-slice argmax masks at 32x32 (anatomy, lesion), for SEG output.
+    #[serde(skip)]
+    pub masks: Vec<SliceMasks>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SliceMasks {
+    pub side: usize,
+    pub anatomy: Vec<u8>,
+    pub lesion: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub condition: String,
+    pub level: String,
+    pub probability: f32,
+    pub side: String,
+    pub side_probability: f32,
+    pub severity: String,
+    pub severity_probability: f32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GradedLevel {
+    pub level: String,
+    /// Per graded task (canal, foraminal_left, ...): probabilities of
+    /// normal/mild, moderate, severe.
+    pub grades: Vec<(String, [f32; 3])>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SimilarCase {
+    pub case: String,
+    pub similarity: f32,
+    pub report: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StudyAnalysis {
+    pub synthetic_model: bool,
+    pub bundle: String,
+    pub series: Vec<SeriesAnalysis>,
+    /// Level positions the study shows (where the agents answer).
+    pub levels_covered: Vec<String>,
+    pub findings: Vec<Finding>,
+    pub graded: Vec<GradedLevel>,
+    pub similar_cases: Vec<SimilarCase>,
+    pub patient_embedding: Vec<f32>,
+    /// Presence probability per covered position and condition.
+    pub probabilities: Vec<(String, String, f32)>,
+    pub structured_tokens: String,
+}
+
+#[derive(serde::Deserialize)]
+struct ReferenceCase {
+    case: String,
+    report: String,
+}
+
+/// The loaded bundle's models and tables.
+pub struct SpineModels {
+    pub bundle: Bundle,
+    encoder_t1: Model,
+    encoder_t2: Model,
+    synthesizer: Model,
+    slice_agents: Model,
+    series_pool: Model,
+    patient: Model,
+    conditions: Model,
+    index: ArrayF32,
+    cases: Vec<ReferenceCase>,
+    labels: Labels,
+}
+
+struct Labels {
+    families: Vec<String>,
+    synth_families: Vec<String>,
+    planes: Vec<String>,
+    regions: Vec<String>,
+    slots: Vec<String>,
+    levels: Vec<String>,
+    positions: Vec<String>,
+    conditions: Vec<String>,
+    sides: Vec<String>,
+    severities: Vec<String>,
+    graded: Vec<String>,
+    lumbar_discs: Vec<String>,
+    anatomy: usize,
+    lesion: usize,
+}
+
+fn argmax(v: &[f32]) -> (usize, f32) {
+    v.iter().copied().enumerate().fold(
+        (0, f32::NEG_INFINITY),
+        |best, (i, x)| if x > best.1 { (i, x) } else { best },
+    )
+}
+
+fn softmax(v: &[f32]) -> Vec<f32> {
+    let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = v.iter().map(|x| (x - m).exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.into_iter().map(|x| x / s).collect()
+}
+
+impl SpineModels {
+    pub fn load(dir: &Path, options: &SessionOptions) -> Result<SpineModels, AnalysisError> {
+        let bundle = Bundle::open(dir)?;
+        let runtime = Runtime::global()?;
+        let load = |name: &str| Model::load(runtime, &bundle, name, options);
+        let l = |name: &str| bundle.labels(name).map(|v| v.to_vec());
+        let labels = Labels {
+            families: l("families")?,
+            synth_families: l("synthesizer_families")?,
+            planes: l("planes")?,
+            regions: l("regions")?,
+            slots: l("slots")?,
+            levels: l("levels")?,
+            positions: l("positions")?,
+            conditions: l("conditions")?,
+            sides: l("sides")?,
+            severities: l("severities")?,
+            graded: l("graded")?,
+            lumbar_discs: l("lumbar_discs")?,
+            anatomy: l("anatomy")?.len(),
+            lesion: l("lesion")?.len(),
+        };
+        let missing = |what: &str| AnalysisError::Data(format!("{}: bundle has no {what}", dir.display()));
+        let index = npy::read_f32(
+            &bundle
+                .file("retrieval_index")
+                .ok_or_else(|| missing("retrieval_index"))?,
+        )
+        .map_err(|e| AnalysisError::Data(e.to_string()))?;
+        let reports = bundle
+            .file("retrieval_reports")
+            .ok_or_else(|| missing("retrieval_reports"))?;
+        let cases: Vec<ReferenceCase> = serde_json::from_slice(
+            &std::fs::read(&reports).map_err(|e| AnalysisError::Data(format!("{}: {e}", reports.display())))?,
+        )
+        .map_err(|e| AnalysisError::Data(format!("{}: {e}", reports.display())))?;
+        if index.shape.first() != Some(&cases.len()) {
+            return Err(AnalysisError::Data(
+                "retrieval index and reports differ in length".into(),
+            ));
+        }
+        Ok(SpineModels {
+            encoder_t1: load("encoder_t1")?,
+            encoder_t2: load("encoder_t2")?,
+            synthesizer: load("synthesizer")?,
+            slice_agents: load("slice_agents")?,
+            series_pool: load("series_pool")?,
+            patient: load("patient")?,
+            conditions: load("conditions")?,
+            index,
+            cases,
+            labels,
+            bundle,
+        })
+    }
+
+    fn slot_of(&self, family: &str, plane: &str) -> usize {
+        let name = match (plane, family) {
+            ("sagittal", "t1") => "sagittal_t1",
+            ("sagittal", "t2") => "sagittal_t2",
+            ("sagittal", _) => "sagittal_other",
+            (_, "t2") => "axial_t2",
+            _ => "axial_other",
+        };
+        self.labels.slots.iter().position(|s| s == name).unwrap_or(0)
+    }
+
+    /// Encoder outputs (cls [S,D], patches [S,N,D]) through `model`, in chunks.
+    fn encode(&self, model: &Model, pixels: &ArrayF32, family: Option<&[f32]>) -> Result<[ArrayF32; 2], AnalysisError> {
+        let s = pixels.shape[0];
+        let per = pixels.data.len() / s.max(1);
+        let mut cls = ArrayF32 {
+            shape: vec![0],
+            data: Vec::new(),
+        };
+        let mut patches = cls.clone();
+        for start in (0..s).step_by(CHUNK) {
+            let n = CHUNK.min(s - start);
+            let mut shape = pixels.shape.clone();
+            shape[0] = n;
+            let mut inputs = vec![ArrayF32 {
+                shape,
+                data: pixels.data[start * per..(start + n) * per].to_vec(),
+            }];
+            if let Some(onehot) = family {
+                inputs.push(ArrayF32 {
+                    shape: vec![n, onehot.len()],
+                    data: onehot.repeat(n),
+                });
+            }
+            let out = model.run(inputs)?;
+            cls.shape = out[0].shape.clone();
+            patches.shape = out[1].shape.clone();
+            cls.data.extend_from_slice(&out[0].data);
+            patches.data.extend_from_slice(&out[1].data);
+        }
+        cls.shape[0] = s;
+        patches.shape[0] = s;
+        Ok([cls, patches])
+    }
+
+    pub fn analyze(&self, series: Vec<SeriesInput>, threshold: f32) -> Result<StudyAnalysis, AnalysisError> {
+        let lb = &self.labels;
+        let (n_slots, n_levels) = (lb.slots.len(), lb.levels.len());
+        let mut width = 0;
+        let mut slot_sum: Vec<f32> = Vec::new();
+        let mut slot_mass = vec![0f32; n_slots * n_levels];
+        let mut out_series = Vec::new();
+        let mut slots = Vec::new();
+        for input in series {
+            if input.pixels.shape.first().copied().unwrap_or(0) == 0 {
+                continue;
+            }
+            let (path, onehot) = match input.family.as_str() {
+                "t1" => ("encoder_t1", None),
+                "t2" => ("encoder_t2", None),
+                other => {
+                    let Some(i) = lb.synth_families.iter().position(|f| f == other) else {
+                        continue; // a family the models do not take
+                    };
+                    let mut v = vec![0f32; lb.synth_families.len()];
+                    v[i] = 1.0;
+                    ("synthesizer", Some(v))
+                }
+            };
+            let model = match path {
+                "encoder_t1" => &self.encoder_t1,
+                "encoder_t2" => &self.encoder_t2,
+                _ => &self.synthesizer,
+            };
+            let [cls, patches] = self.encode(model, &input.pixels, onehot.as_deref())?;
+            // Recognition reads the T2 encoder's class token for every series.
+            let rec_cls = if path == "encoder_t2" {
+                cls.clone()
+            } else {
+                self.encode(&self.encoder_t2, &input.pixels, None)?[0].clone()
+            };
+            let seg_rec = self.slice_agents.run(vec![patches.clone(), rec_cls])?;
+            let (seg, rec) = (&seg_rec[0], &seg_rec[1]);
+            let pooled = self.series_pool.run(vec![cls, patches, seg.clone()])?;
+            let (emb, attention, feats, mass) = (&pooled[0], &pooled[1], &pooled[2], &pooled[3]);
+            width = emb.data.len();
+            if slot_sum.is_empty() {
+                slot_sum = vec![0f32; n_slots * n_levels * width];
+            }
+            let slot = self.slot_of(&input.family, &input.plane);
+            for v in 0..n_levels {
+                let m = mass.data[v];
+                slot_mass[slot * n_levels + v] += m;
+                for d in 0..width {
+                    slot_sum[(slot * n_levels + v) * width + d] += feats.data[v * width + d] * m;
+                }
+            }
+            slots.push(slot);
+            out_series.push(self.describe_series(input, path, seg, rec, attention, emb)?);
+        }
+        if out_series.is_empty() {
+            return Err(AnalysisError::Data("no series the models can use".into()));
+        }
+        // Slot level features: mass-weighted mean over the slot's stacks.
+        let mut level_features = vec![0f32; n_slots * n_levels * width];
+        for (i, m) in slot_mass.iter().enumerate() {
+            for d in 0..width {
+                level_features[i * width + d] = slot_sum[i * width + d] / (m + 1e-3);
+            }
+        }
+        let slot_mask: Vec<f32> = (0..n_slots)
+            .map(|s| {
+                let total: f32 = slot_mass[s * n_levels..(s + 1) * n_levels].iter().sum();
+                if total > 0.0 { 1.0 } else { 0.0 }
+            })
+            .collect();
+        let k = out_series.len();
+        let mut series_data = Vec::with_capacity(k * width);
+        let mut slot_onehot = vec![0f32; k * n_slots];
+        for (i, s) in out_series.iter().enumerate() {
+            series_data.extend_from_slice(&s.embedding);
+            slot_onehot[i * n_slots + slots[i]] = 1.0;
+        }
+        let patient = self.patient.run(vec![
+            ArrayF32 {
+                shape: vec![1, k, width],
+                data: series_data,
+            },
+            ArrayF32 {
+                shape: vec![1, k, n_slots],
+                data: slot_onehot,
+            },
+            ArrayF32 {
+                shape: vec![1, k],
+                data: vec![1.0; k],
+            },
+        ])?;
+        let conditions = self.conditions.run(vec![
+            ArrayF32 {
+                shape: vec![1, n_slots, n_levels, width],
+                data: level_features,
+            },
+            ArrayF32 {
+                shape: vec![1, n_slots],
+                data: slot_mask,
+            },
+        ])?;
+        // Positions whose vertebrae the level segmentation found.
+        let level_total: Vec<f32> = (0..n_levels)
+            .map(|v| (0..n_slots).map(|s| slot_mass[s * n_levels + v]).sum())
+            .collect();
+        let covered: Vec<usize> = (0..lb.positions.len())
+            .filter(|&p| {
+                let parts: Vec<&str> = lb.positions[p].split('-').collect();
+                parts.iter().all(|v| {
+                    lb.levels
+                        .iter()
+                        .position(|l| l == v)
+                        .is_some_and(|i| i > 0 && level_total[i] >= MIN_LEVEL_MASS)
+                })
+            })
+            .collect();
+        let (findings, probabilities, graded) = self.read_conditions(&conditions, &covered, threshold);
+        let similar_cases = self.similar(&patient[1].data, 3);
+        let mut analysis = StudyAnalysis {
+            synthetic_model: true,
+            bundle: format!("{} {}", self.bundle.manifest.name, self.bundle.manifest.version),
+            series: out_series,
+            levels_covered: covered.iter().map(|&p| lb.positions[p].clone()).collect(),
+            findings,
+            graded,
+            similar_cases,
+            patient_embedding: patient[0].data.clone(),
+            probabilities,
+            structured_tokens: String::new(),
+        };
+        analysis.structured_tokens = structured_tokens(&analysis);
+        Ok(analysis)
+    }
+
+    fn describe_series(
+        &self,
+        input: SeriesInput,
+        path: &str,
+        seg: &ArrayF32,
+        rec: &ArrayF32,
+        attention: &ArrayF32,
+        emb: &ArrayF32,
+    ) -> Result<SeriesAnalysis, AnalysisError> {
+        let lb = &self.labels;
+        let s = rec.shape[0];
+        let width = rec.shape[1];
+        let (nf, np) = (lb.families.len(), lb.planes.len());
+        if width != nf + np + lb.regions.len() {
+            return Err(AnalysisError::Data(
+                "recognition output does not match the label maps".into(),
+            ));
+        }
+        // Mean of per-slice probabilities over the series.
+        let mut fam = vec![0f32; nf];
+        let mut plane = vec![0f32; np];
+        let mut region = vec![0f32; lb.regions.len()];
+        for i in 0..s {
+            let row = &rec.data[i * width..(i + 1) * width];
+            for (acc, p) in [
+                (&mut fam, softmax(&row[..nf])),
+                (&mut plane, softmax(&row[nf..nf + np])),
+                (&mut region, softmax(&row[nf + np..])),
+            ] {
+                for (a, v) in acc.iter_mut().zip(p) {
+                    *a += v / s as f32;
+                }
+            }
+        }
+        let (fi, fp) = argmax(&fam);
+        let (pi, pp) = argmax(&plane);
+        let (ri, rp) = argmax(&region);
+        let tags_disagree = lb.families[fi] != input.family || lb.planes[pi] != input.plane;
+        let (key, _) = argmax(&attention.data);
+        let masks = self.masks(seg);
+        Ok(SeriesAnalysis {
+            key_slice: (key, input.sop_instance_uids.get(key).cloned().unwrap_or_default()),
+            series_instance_uid: input.series_instance_uid,
+            description: input.description,
+            family: input.family,
+            plane: input.plane,
+            path: path.to_string(),
+            recognized_family: (lb.families[fi].clone(), fp),
+            recognized_plane: (lb.planes[pi].clone(), pp),
+            recognized_region: (lb.regions[ri].clone(), rp),
+            tags_disagree,
+            attention: attention.data.clone(),
+            embedding: emb.data.clone(),
+            masks,
+        })
+    }
+
+    /// Argmax anatomy and lesion class per sub-patch cell of each slice.
+    fn masks(&self, seg: &ArrayF32) -> Vec<SliceMasks> {
+        let (s, k, h, w) = (seg.shape[0], seg.shape[1], seg.shape[2], seg.shape[3]);
+        let (na, nl) = (self.labels.anatomy, self.labels.lesion);
+        let plane = h * w;
+        (0..s)
+            .map(|i| {
+                let base = i * k * plane;
+                let pick = |first: usize, count: usize, p: usize| -> u8 {
+                    let mut best = (0usize, f32::NEG_INFINITY);
+                    for c in 0..count {
+                        let v = seg.data[base + (first + c) * plane + p];
+                        if v > best.1 {
+                            best = (c, v);
+                        }
+                    }
+                    best.0 as u8
+                };
+                SliceMasks {
+                    side: h,
+                    anatomy: (0..plane).map(|p| pick(0, na, p)).collect(),
+                    lesion: (0..plane).map(|p| pick(na, nl, p)).collect(),
+                }
+            })
+            .collect()
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn read_conditions(
+        &self,
+        out: &[ArrayF32],
+        covered: &[usize],
+        threshold: f32,
+    ) -> (Vec<Finding>, Vec<(String, String, f32)>, Vec<GradedLevel>) {
+        let lb = &self.labels;
+        let nc = lb.conditions.len();
+        let ng = lb.graded.len();
+        let (presence, side, severity, graded) = (&out[0].data, &out[1].data, &out[2].data, &out[3].data);
+        let mut findings = Vec::new();
+        let mut probabilities = Vec::new();
+        for &p in covered {
+            for c in 0..nc {
+                let prob = presence[p * nc + c];
+                probabilities.push((lb.positions[p].clone(), lb.conditions[c].clone(), prob));
+                if prob < threshold {
+                    continue;
+                }
+                let at = (p * nc + c) * 3;
+                let (si, sp) = argmax(&side[at..at + 3]);
+                let (vi, vp) = argmax(&severity[at..at + 3]);
+                findings.push(Finding {
+                    condition: lb.conditions[c].clone(),
+                    level: lb.positions[p].clone(),
+                    probability: prob,
+                    side: lb.sides[si].clone(),
+                    side_probability: sp,
+                    severity: lb.severities[vi].clone(),
+                    severity_probability: vp,
+                });
+            }
+        }
+        findings.sort_by(|a, b| b.probability.total_cmp(&a.probability));
+        let graded = lb
+            .lumbar_discs
+            .iter()
+            .filter_map(|d| {
+                let p = lb.positions.iter().position(|x| x == d)?;
+                if !covered.contains(&p) {
+                    return None;
+                }
+                let grades = (0..ng)
+                    .map(|g| {
+                        let at = (p * ng + g) * 3;
+                        (lb.graded[g].clone(), [graded[at], graded[at + 1], graded[at + 2]])
+                    })
+                    .collect();
+                Some(GradedLevel {
+                    level: d.clone(),
+                    grades,
+                })
+            })
+            .collect();
+        (findings, probabilities, graded)
+    }
+
+    /// Nearest reference cases by cosine similarity (both sides unit vectors).
+    fn similar(&self, query: &[f32], k: usize) -> Vec<SimilarCase> {
+        let dim = query.len();
+        let mut scored: Vec<(usize, f32)> = self
+            .index
+            .data
+            .chunks(dim)
+            .enumerate()
+            .map(|(i, row)| (i, row.iter().zip(query).map(|(a, b)| a * b).sum()))
+            .collect();
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+        scored
+            .into_iter()
+            .take(k)
+            .map(|(i, s)| SimilarCase {
+                case: self.cases[i].case.clone(),
+                similarity: s,
+                report: self.cases[i].report.clone(),
+            })
+            .collect()
+    }
+}

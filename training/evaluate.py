@@ -1,0 +1,298 @@
+"""Evaluation on held-out phantom studies (SYNTHETIC; no clinical claim).
+
+In-vendor: the validation and test splits (no model selection was done on
+validation). Cross-vendor: test_heldout_vendor (a vendor style never seen
+in training). Metrics: AUROC/AUPRC per condition (per level position and per
+study), the RSNA weighted log loss on the graded task, slice selection
+within one slice, Dice per anatomy and lesion class, Recall@1/5/10 in both
+retrieval directions, and the ablation (other sequences through the
+synthesizer vs through the T2 encoder alone).
+
+    python training/evaluate.py --work work --out models/spinefm-tiny/EVALUATION.md
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spinefm import labels as L
+from spinefm.data import covered_positions, finding_targets
+from spinefm.pipeline import Agents, run_study
+from train_agents import as_float, visible_slices
+
+
+def auroc(y, s):
+    y, s = np.asarray(y), np.asarray(s)
+    pos, neg = s[y == 1], s[y == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    # Mann-Whitney U with ties counted half.
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(len(order))
+    allv = np.concatenate([pos, neg])[order]
+    i = 0
+    while i < len(allv):
+        j = i
+        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def auprc(y, s):
+    y, s = np.asarray(y), np.asarray(s)
+    if y.sum() == 0:
+        return None
+    order = np.argsort(-s, kind="mergesort")
+    y = y[order]
+    tp = np.cumsum(y)
+    precision = tp / np.arange(1, len(y) + 1)
+    return float((precision * y).sum() / y.sum())
+
+
+@torch.no_grad()
+def predict(agents, studies, feats):
+    rows = []
+    for st, items in zip(studies, feats):
+        per_item, out = run_study(agents, as_float(items))
+        presence, side, severity, graded = agents.conditions(
+            out["level_features"].unsqueeze(0), out["slot_mask"].unsqueeze(0)
+        )
+        rows.append(
+            {
+                "study": st,
+                "items": items,
+                "per_item": per_item,
+                "presence": torch.sigmoid(presence[0]).numpy(),
+                "side": side[0].softmax(-1).numpy(),
+                "graded": graded[0].softmax(-1).numpy(),
+                "retrieval": out["retrieval"].numpy(),
+            }
+        )
+    return rows
+
+
+def condition_metrics(rows):
+    per = {}
+    for c, name in enumerate(L.CONDITIONS):
+        yl, sl, ys, ss = [], [], [], []
+        for r in rows:
+            p, _, _, _ = finding_targets(r["study"]["truth"])
+            cov = covered_positions(r["study"])
+            yl += p[cov, c].tolist()
+            sl += r["presence"][cov, c].tolist()
+            ys.append(int(p[:, c].max() > 0))
+            ss.append(float(r["presence"][cov, c].max()) if cov.any() else 0.0)
+        per[name] = {
+            "level_auroc": auroc(yl, sl),
+            "level_auprc": auprc(yl, sl),
+            "study_auroc": auroc(ys, ss),
+            "study_auprc": auprc(ys, ss),
+            "positives_studies": int(sum(ys)),
+        }
+    return per
+
+
+def mean_of(per, key, names=None):
+    vals = [v[key] for k, v in per.items() if v[key] is not None and (names is None or k in names)]
+    return (float(np.mean(vals)) if vals else None), len(vals)
+
+
+def rsna_log_loss(rows):
+    weights = np.array([1.0, 2.0, 4.0])
+    losses = []
+    for g, task in enumerate(L.GRADED):
+        num = den = 0.0
+        for r in rows:
+            _, _, _, tg = finding_targets(r["study"]["truth"])
+            for pos in range(len(L.POSITIONS)):
+                y = tg[pos, g]
+                if y < 0:
+                    continue
+                p = np.clip(r["graded"][pos, g, y], 1e-15, 1)
+                num += -weights[y] * np.log(p)
+                den += weights[y]
+        if den:
+            losses.append(num / den)
+    return float(np.mean(losses)) if losses else None
+
+
+def slice_selection(rows):
+    hit = total = 0
+    for r in rows:
+        truth = r["study"]["truth"]
+        for it, o in zip(r["items"], r["per_item"]):
+            vis = visible_slices(truth, it["number"], it["slice_index"])
+            if not vis or len(vis) == len(it["slice_index"]):
+                continue
+            k = int(o["attention"].argmax())
+            total += 1
+            hit += int(min(abs(k - v) for v in vis) <= 1)
+    return (hit / total if total else None), total
+
+
+def dice(rows):
+    na, nl = len(L.ANATOMY), len(L.LESION)
+    inter = {"anatomy": np.zeros(na), "lesion": np.zeros(nl)}
+    sums = {"anatomy": np.zeros(na), "lesion": np.zeros(nl)}
+    for r in rows:
+        for s, o in zip(r["study"]["series"], r["per_item"]):
+            seg = F.interpolate(o["seg"], size=s["anatomy"].shape[-1], mode="bilinear", align_corners=False)
+            a = seg[:, :na].argmax(1).numpy()
+            le = seg[:, na : na + nl].argmax(1).numpy()
+            for kind, pred, true, n in (("anatomy", a, s["anatomy"], na), ("lesion", le, s["lesion"], nl)):
+                for c in range(n):
+                    pc, tc = pred == c, true == c
+                    inter[kind][c] += (pc & tc).sum()
+                    sums[kind][c] += pc.sum() + tc.sum()
+    out = {}
+    for kind, names in (("anatomy", L.ANATOMY), ("lesion", L.LESION)):
+        out[kind] = {
+            n: (float(2 * inter[kind][c] / sums[kind][c]) if sums[kind][c] else None) for c, n in enumerate(names)
+        }
+    return out
+
+
+@torch.no_grad()
+def recall(rows, agents):
+    img = np.stack([r["retrieval"] for r in rows])
+    txt = agents.text(torch.from_numpy(np.stack([r["study"]["text"] for r in rows]))).numpy()
+    sim = img @ txt.T
+    out = {}
+    for name, m in (("image_to_report", sim), ("report_to_image", sim.T)):
+        ranks = [(m[i] > m[i, i]).sum() for i in range(len(m))]
+        out[name] = {f"R@{k}": float(np.mean([r < k for r in ranks])) for k in (1, 5, 10)}
+    out["candidates"] = len(rows)
+    return out
+
+
+def recognition(rows):
+    ok = total = 0
+    for r in rows:
+        for it, o in zip(r["items"], r["per_item"]):
+            fam, plane, _ = Agents().slice.split_recognition(o["recognition"])
+            f = fam.softmax(-1).mean(0).argmax().item()
+            p = plane.softmax(-1).mean(0).argmax().item()
+            ok += int(L.FAMILIES[f] == it["family"] and L.PLANES[p] == it["plane"])
+            total += 1
+    return ok / max(total, 1), total
+
+
+def fmt(v, digits=3):
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    args = ap.parse_args()
+    ck = torch.load(args.work / "agents.pt", weights_only=False)
+    cache = torch.load(args.work / "cache.pt", weights_only=False)
+    fs = torch.load(str(args.work / "agents.pt") + ".features", weights_only=False)
+    agents, ablation = Agents(), Agents()
+    agents.load_state_dict(ck["agents"])
+    ablation.load_state_dict(ck["agents_ablation"])
+    agents.eval(), ablation.eval()
+    sets = {
+        "in-vendor (validation + test)": ("validation", "test"),
+        "cross-vendor (held-out vendor style)": ("test_heldout_vendor",),
+    }
+    results = {}
+    for label, splits in sets.items():
+        studies = [st for sp in splits for st in cache[sp]]
+        feats = [f for sp in splits for f in fs["routed"][sp]]
+        ab_feats = [f for sp in splits for f in fs["ablation"][sp]]
+        if not studies:
+            continue
+        rows = predict(agents, studies, feats)
+        ab_rows = predict(ablation, studies, ab_feats)
+        cond = condition_metrics(rows)
+        ab_cond = condition_metrics(ab_rows)
+        sel, sel_n = slice_selection(rows)
+        rec_acc, rec_n = recognition(rows)
+        results[label] = {
+            "studies": len(studies),
+            "conditions": cond,
+            "mean_level_auroc": mean_of(cond, "level_auroc"),
+            "mean_study_auroc": mean_of(cond, "study_auroc"),
+            "mean_level_auprc": mean_of(cond, "level_auprc"),
+            "rsna_weighted_log_loss": rsna_log_loss(rows),
+            "slice_selection_within_1": [sel, sel_n],
+            "recognition_accuracy": [rec_acc, rec_n],
+            "dice": dice(rows),
+            "retrieval": recall(rows, agents),
+            "ablation": {
+                "synthesizer_mean_level_auroc": mean_of(cond, "level_auroc"),
+                "single_encoder_mean_level_auroc": mean_of(ab_cond, "level_auroc"),
+                "synthesizer_mean_study_auroc": mean_of(cond, "study_auroc"),
+                "single_encoder_mean_study_auroc": mean_of(ab_cond, "study_auroc"),
+            },
+        }
+    (args.out.with_suffix(".json")).write_text(json.dumps(results, indent=1))
+    write_report(args.out, results, ck)
+    print(args.out.read_text())
+
+
+def write_report(path, results, ck):
+    lines = [
+        "# SpineFM-tiny evaluation (SYNTHETIC)",
+        "",
+        "Every number below is measured on **procedural phantom studies** (the repository's",
+        "`phantom/`), not on patients. It says how well the models learned the phantom, and",
+        "nothing about clinical accuracy.",
+        "",
+        "Reproduce: `training/run_all.sh` (dataset, preprocessing with the product, training,",
+        "export, this report); this file comes from `python training/evaluate.py --work WORK",
+        "--out models/spinefm-tiny/EVALUATION.md`. Training steps: " + json.dumps(ck["steps"]) + ".",
+        "",
+    ]
+    for label, r in results.items():
+        lines += [f"## {label}: {r['studies']} studies", ""]
+        m, n = r["mean_level_auroc"]
+        ms, ns = r["mean_study_auroc"]
+        mp, _ = r["mean_level_auprc"]
+        sel, seln = r["slice_selection_within_1"]
+        acc, accn = r["recognition_accuracy"]
+        lines += [
+            f"- Mean AUROC per level position: **{fmt(m)}** over {n} conditions with positives and negatives;"
+            f" per study: **{fmt(ms)}** ({ns} conditions). Mean AUPRC per level: {fmt(mp)}.",
+            f"- RSNA-style graded task (canal, foraminal L/R, subarticular L/R x lumbar discs), weighted log loss"
+            f" (weights 1/2/4): **{fmt(r['rsna_weighted_log_loss'])}**.",
+            f"- Slice selection (most attended slice within one slice of a slice showing a finding):"
+            f" **{fmt(sel)}** over {seln} series.",
+            f"- Sequence/plane recognition from pixels: {fmt(acc)} of {accn} series stacks.",
+            f"- Retrieval among {r['retrieval']['candidates']} studies: image to report "
+            + ", ".join(f"{k} {fmt(v, 2)}" for k, v in r["retrieval"]["image_to_report"].items())
+            + "; report to image "
+            + ", ".join(f"{k} {fmt(v, 2)}" for k, v in r["retrieval"]["report_to_image"].items())
+            + ".",
+            "- Ablation (same agents architecture and training time, other sequences through the"
+            f" synthesizer vs the T2 encoder alone): mean level AUROC {fmt(r['ablation']['synthesizer_mean_level_auroc'][0])}"
+            f" vs {fmt(r['ablation']['single_encoder_mean_level_auroc'][0])}; per study"
+            f" {fmt(r['ablation']['synthesizer_mean_study_auroc'][0])} vs {fmt(r['ablation']['single_encoder_mean_study_auroc'][0])}.",
+            "",
+            "| condition | studies with it | AUROC level | AUPRC level | AUROC study | AUPRC study |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, c in r["conditions"].items():
+            lines.append(
+                f"| {name} | {c['positives_studies']} | {fmt(c['level_auroc'])} | {fmt(c['level_auprc'])} |"
+                f" {fmt(c['study_auroc'])} | {fmt(c['study_auprc'])} |"
+            )
+        lines += ["", "| Dice | " + " | ".join(L.ANATOMY[1:]) + " |", "|---" * len(L.ANATOMY) + "|"]
+        lines.append("| anatomy | " + " | ".join(fmt(r["dice"]["anatomy"][n], 2) for n in L.ANATOMY[1:]) + " |")
+        lines += ["", "| Dice | " + " | ".join(L.LESION[1:]) + " |", "|---" * len(L.LESION) + "|"]
+        lines.append("| lesion | " + " | ".join(fmt(r["dice"]["lesion"][n], 2) for n in L.LESION[1:]) + " |")
+        anat = [v for k, v in r["dice"]["anatomy"].items() if k != "background" and v is not None]
+        lines += ["", f"Mean anatomy Dice (foreground classes): **{fmt(float(np.mean(anat)))}**.", ""]
+    path.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

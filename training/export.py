@@ -1,0 +1,309 @@
+"""Export SpineFM-tiny and its agents as the default bundle: one ONNX file
+per component, golden inputs/outputs (from Python onnxruntime on the
+exported file), the retrieval index of reference phantom cases, and
+bundle.toml.
+
+    python training/export.py --work work --out models/spinefm-tiny
+"""
+
+import argparse
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from spinefm import labels as L
+from spinefm.data import RESIZE
+from spinefm.model import GRID, IMAGE, WIDTH, Encoder, Synthesizer, flops_per_slice
+from spinefm.pipeline import Agents, level_logits_per_patch, run_study
+from train_agents import as_float, load_encoder
+
+VERSION = "0.1.0"
+
+
+class SliceAgentsExport(nn.Module):
+    def __init__(self, agents):
+        super().__init__()
+        self.a = agents.slice
+
+    def forward(self, patches, rec_cls):
+        seg, _ = self.a(rec_cls, patches)
+        return seg, self.a.recognize(rec_cls)
+
+
+class SeriesPoolExport(nn.Module):
+    def __init__(self, agents):
+        super().__init__()
+        self.a = agents.series
+
+    def forward(self, cls, patches, segmentation):
+        return self.a(cls, patches, level_logits_per_patch(segmentation))
+
+
+class PatientExport(nn.Module):
+    def __init__(self, agents):
+        super().__init__()
+        self.a = agents.patient
+
+    def forward(self, series, slots, mask):
+        return self.a(series, slots, mask)
+
+
+class ConditionsExport(nn.Module):
+    """Probabilities, not logits: presence (sigmoid), side/severity/grade (softmax)."""
+
+    def __init__(self, agents):
+        super().__init__()
+        self.a = agents.conditions
+
+    def forward(self, level_features, slot_mask):
+        p, side, sev, graded = self.a(level_features, slot_mask)
+        return torch.sigmoid(p), side.softmax(-1), sev.softmax(-1), graded.softmax(-1)
+
+
+def sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def set_shapes(path, shapes):
+    """Write the manifest's dims into the ONNX I/O (named = dynamic)."""
+    model = onnx.load(path)
+    for v in list(model.graph.input) + list(model.graph.output):
+        dims = shapes[v.name]
+        t = v.type.tensor_type
+        del t.shape.dim[:]
+        for d in dims:
+            dim = t.shape.dim.add()
+            if isinstance(d, int):
+                dim.dim_value = d
+            else:
+                dim.dim_param = d
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
+def export(module, name, inputs, input_names, output_names, shapes, out, tolerance=1e-3):
+    path = out / f"{name}.onnx"
+    dynamic = {
+        n: {i: d for i, d in enumerate(shapes[n]) if isinstance(d, str)}
+        for n in input_names + output_names
+    }
+    module.eval()
+    torch.onnx.export(
+        module, tuple(inputs), str(path), input_names=input_names, output_names=output_names,
+        dynamic_axes=dynamic, opset_version=17, dynamo=False,
+    )  # fmt: skip
+    set_shapes(str(path), shapes)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {n: x.detach().numpy().astype(np.float32) for n, x in zip(input_names, inputs)}
+    outs = sess.run(output_names, feeds)
+    with torch.no_grad():
+        ref = module(*inputs)
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    for o, r, n in zip(outs, ref, output_names):
+        diff = float(np.abs(o - r.numpy()).max())
+        assert diff < tolerance, f"{name}.{n}: onnxruntime differs from PyTorch by {diff}"
+    golden_dir = out / "golden"
+    golden_dir.mkdir(exist_ok=True)
+    gin, gout = [], []
+    for n, x in feeds.items():
+        p = golden_dir / f"{name}.{n}.npy"
+        np.save(p, x)
+        gin.append(p)
+    for n, o in zip(output_names, outs):
+        p = golden_dir / f"{name}.{n}.npy"
+        np.save(p, o.astype(np.float32))
+        gout.append(p)
+    return {
+        "name": name,
+        "file": path.name,
+        "inputs": [(n, shapes[n]) for n in input_names],
+        "outputs": [(n, shapes[n]) for n in output_names],
+        "golden_inputs": gin,
+        "golden_outputs": gout,
+        "tolerance": tolerance,
+    }
+
+
+def toml_dims(dims):
+    return "[" + ", ".join(f'"{d}"' if isinstance(d, str) else str(d) for d in dims) + "]"
+
+
+def manifest(out, models, extra_files):
+    lines = [
+        "# SpineFM-tiny: SYNTHETIC. Trained on procedural phantom studies only",
+        "# (training/, see models/README.md); no clinical accuracy is claimed.",
+        'name = "spinefm-tiny"',
+        f'version = "{VERSION}"',
+        "",
+        "[preprocess]",
+        "low_percentile = 0.5",
+        "high_percentile = 99.5",
+        f"resize = {RESIZE}",
+        f"crop = {IMAGE}",
+        "mean = [0.485, 0.456, 0.406]",
+        "std = [0.229, 0.224, 0.225]",
+        "",
+    ]
+    for m in models:
+        lines += [
+            "[[model]]",
+            f'name = "{m["name"]}"',
+            f'file = "{m["file"]}"',
+            f'sha256 = "{sha256(out / m["file"])}"',
+            f'tolerance = {m["tolerance"]}',
+        ]
+        for kind in ("inputs", "outputs"):
+            for n, dims in m[kind]:
+                lines += [f"[[model.{kind}]]", f'name = "{n}"', 'dtype = "float32"', f"shape = {toml_dims(dims)}"]
+        for kind in ("golden_inputs", "golden_outputs"):
+            for p in m[kind]:
+                rel = p.relative_to(out)
+                lines += [f"[[model.{kind}]]", f'file = "{rel}"', f'sha256 = "{sha256(p)}"']
+        lines.append("")
+    lines += ["[files]"]
+    for name, p in extra_files.items():
+        lines += [f'{name} = {{ file = "{p.relative_to(out)}", sha256 = "{sha256(p)}" }}']
+    lines += ["", "[labels]"]
+    for key, values in [
+        ("families", L.FAMILIES), ("synthesizer_families", L.SYNTH_FAMILIES), ("planes", L.PLANES),
+        ("regions", L.REGIONS), ("slots", L.SLOTS), ("levels", L.LEVELS), ("positions", L.POSITIONS),
+        ("conditions", L.CONDITIONS), ("sides", L.SIDES), ("severities", L.SEVERITIES),
+        ("graded", L.GRADED), ("grades", L.GRADES), ("lumbar_discs", L.LUMBAR_DISCS),
+        ("anatomy", L.ANATOMY), ("lesion", L.LESION),
+    ]:  # fmt: skip
+        lines.append(f"{key} = [" + ", ".join(f'"{v}"' for v in values) + "]")
+    lines += [
+        "",
+        "# Agent roster: agent -> the models it runs (models/README.md maps it",
+        "# to the published system's 37 agents).",
+        "[agents]",
+        'encoder_t1 = ["encoder_t1"]',
+        'encoder_t2 = ["encoder_t2"]',
+        'synthesizer = ["synthesizer"]',
+        'segmentation = ["slice_agents"]',
+        'sequence_recognition = ["encoder_t2", "slice_agents"]',
+        'slice_selection = ["series_pool"]',
+        'series_embedding = ["series_pool"]',
+        'patient_embedding = ["patient"]',
+        'retrieval = ["patient"]',
+    ]
+    for c in L.CONDITIONS:
+        lines.append(f'condition_{c} = ["conditions"]')
+    lines += ['level_localization = ["slice_agents", "series_pool", "conditions"]']
+    lines += ['graded_stenosis = ["conditions"]']
+    (out / "bundle.toml").write_text("\n".join(lines) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    args = ap.parse_args()
+    w = args.work
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    args.out.mkdir(parents=True)
+
+    ck = torch.load(w / "agents.pt", weights_only=False)
+    t1, t2 = load_encoder(w / "enc_t1.pt"), load_encoder(w / "enc_t2.pt")
+    synth = Synthesizer(t1, t2)
+    synth.weights.data.copy_(ck["synthesizer"])
+    agents = Agents()
+    agents.load_state_dict(ck["agents"])
+    agents.eval()
+
+    torch.manual_seed(0)
+    cache = torch.load(w / "cache.pt", weights_only=False)
+    study = (cache["test"] or cache["validation"])[0]
+    s0 = study["series"][0]
+    px = torch.from_numpy(s0["pixels"][:2]).float().unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+    n = 2
+    D, N, LV, S = WIDTH, GRID * GRID, len(L.LEVELS), len(L.SLOTS)
+    seg_k = len(L.ANATOMY) + len(L.LESION) + len(L.LEVELS)
+    models = []
+    enc_shapes = {"pixels": ["batch", 3, IMAGE, IMAGE], "cls": ["batch", D], "patches": ["batch", N, D]}
+    models.append(export(t1, "encoder_t1", [px], ["pixels"], ["cls", "patches"], enc_shapes, args.out))
+    models.append(export(t2, "encoder_t2", [px], ["pixels"], ["cls", "patches"], enc_shapes, args.out))
+    fam = torch.zeros(n, len(L.SYNTH_FAMILIES))
+    fam[:, 0] = 1
+    models.append(
+        export(
+            synth, "synthesizer", [px, fam], ["pixels", "family"], ["cls", "patches"],
+            dict(enc_shapes, family=["batch", len(L.SYNTH_FAMILIES)]), args.out,
+        )
+    )  # fmt: skip
+    with torch.no_grad():
+        cls, patches = t2(px)
+    models.append(
+        export(
+            SliceAgentsExport(agents), "slice_agents", [patches, cls], ["patches", "rec_cls"],
+            ["segmentation", "recognition"],
+            {"patches": ["slices", N, D], "rec_cls": ["slices", D],
+             "segmentation": ["slices", seg_k, 4 * GRID, 4 * GRID],
+             "recognition": ["slices", len(L.FAMILIES) + len(L.PLANES) + len(L.REGIONS)]},
+            args.out,
+        )
+    )  # fmt: skip
+    with torch.no_grad():
+        seg, _ = agents.slice(cls, patches)
+    models.append(
+        export(
+            SeriesPoolExport(agents), "series_pool", [cls, patches, seg], ["cls", "patches", "segmentation"],
+            ["series", "attention", "level_features", "level_mass"],
+            {"cls": ["slices", D], "patches": ["slices", N, D], "segmentation": ["slices", seg_k, 4 * GRID, 4 * GRID],
+             "series": [D], "attention": ["slices"], "level_features": [LV, D], "level_mass": [LV]},
+            args.out,
+        )
+    )  # fmt: skip
+    k = 3
+    series = torch.randn(1, k, D)
+    slots = F.one_hot(torch.tensor([[0, 1, 3]]), S).float()
+    mask = torch.ones(1, k)
+    models.append(
+        export(
+            PatientExport(agents), "patient", [series, slots, mask], ["series", "slots", "mask"],
+            ["patient", "retrieval", "attention"],
+            {"series": [1, "series", D], "slots": [1, "series", S], "mask": [1, "series"], "patient": [1, D],
+             "retrieval": [1, 64], "attention": [1, "series"]},
+            args.out,
+        )
+    )  # fmt: skip
+    lf = torch.randn(1, S, LV, D)
+    sm = torch.tensor([[1.0, 1.0, 0.0, 1.0, 0.0]])
+    P, C, G = len(L.POSITIONS), len(L.CONDITIONS), len(L.GRADED)
+    models.append(
+        export(
+            ConditionsExport(agents), "conditions", [lf, sm], ["level_features", "slot_mask"],
+            ["presence", "side", "severity", "graded"],
+            {"level_features": [1, S, LV, D], "slot_mask": [1, S], "presence": [1, P, C], "side": [1, P, C, 3],
+             "severity": [1, P, C, 3], "graded": [1, P, G, 3]},
+            args.out,
+        )
+    )  # fmt: skip
+
+    # Retrieval index: the training studies' reports in the shared space.
+    with torch.no_grad():
+        texts = agents.text(torch.from_numpy(np.stack([st["text"] for st in cache["train"]]))).numpy()
+    index_path = args.out / "retrieval_index.npy"
+    np.save(index_path, texts.astype(np.float32))
+    reports_path = args.out / "retrieval_reports.json"
+    reports_path.write_text(
+        json.dumps(
+            [{"case": st["name"], "report": st["report"]} for st in cache["train"]], indent=1
+        )
+    )
+    manifest(args.out, models, {"retrieval_index": index_path, "retrieval_reports": reports_path})
+    total = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
+    print(f"bundle {args.out}: {total / 1e6:.1f} MB; encoder {flops_per_slice() / 1e9:.2f} GFLOPs per slice")
+
+
+if __name__ == "__main__":
+    main()

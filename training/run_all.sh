@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Makes the default bundle from nothing: phantom dataset -> the product's
+# preprocessing -> self-supervised encoders -> synthesizer and agents ->
+# ONNX bundle in models/spinefm-tiny -> evaluation report. SYNTHETIC data
+# only. About an hour on a 2-core CPU; not run by CI.
+#   training/run_all.sh [WORK_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=${1:-work}
+mkdir -p "$WORK"
+if [[ ! -x .venv-train/bin/python ]]; then
+  python3 -m venv .venv-train
+  .venv-train/bin/pip install -q -r training/requirements.txt
+fi
+PY=$PWD/.venv-train/bin/python
+cargo build --release -q --bin spineagent
+BIN=$PWD/target/release/spineagent
+[[ -f "$WORK/ds/manifest.json" ]] || "$BIN" phantom dataset --count 240 --seed 1001 --out "$WORK/ds"
+cd training
+"$PY" prepare.py --dataset "../$WORK/ds" --binary "$BIN" --out "../$WORK/cache.pt"
+# The two encoders pre-train side by side, one core each.
+"$PY" pretrain.py --cache "../$WORK/cache.pt" --family t1 --out "../$WORK/enc_t1.pt" --minutes 20 --batch 32 --threads 1 &
+"$PY" pretrain.py --cache "../$WORK/cache.pt" --family t2 --out "../$WORK/enc_t2.pt" --minutes 20 --batch 32 --threads 1 --seed 1 &
+wait
+"$PY" train_agents.py --cache "../$WORK/cache.pt" --t1 "../$WORK/enc_t1.pt" --t2 "../$WORK/enc_t2.pt" \
+  --out "../$WORK/agents.pt" --synth-minutes 4 --agent-minutes 12 --ablation-minutes 12
+"$PY" export.py --work "../$WORK" --out ../models/spinefm-tiny
+"$PY" evaluate.py --work "../$WORK" --out ../models/spinefm-tiny/EVALUATION.md

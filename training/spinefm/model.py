@@ -1,0 +1,306 @@
+"""SpineFM-tiny: the published architecture at a size a 2-core CPU serves.
+
+Encoder: a DINOv3-style ViT (patch 16, register tokens, rotary position
+embedding on patch tokens, layer scale). One encoder for T1, one for T2.
+Synthesizer: every other sequence runs through both frozen encoders block by
+block, their hidden states mixed by a learned weight per layer and sequence.
+Agents: gated-attention pooling (slices -> series -> patient), per-patch
+segmentation, sequence/plane/region recognition, level-wise condition
+classifiers, and the retrieval projection. Everything here is trained on
+synthetic phantom studies only.
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import labels as L
+
+# The size chosen for the appliance's CPU (FLOPs per slice in README.md).
+IMAGE = 128
+PATCH = 16
+GRID = IMAGE // PATCH
+WIDTH = 128
+DEPTH = 6
+HEADS = 4
+REGISTERS = 4
+PREFIX = 1 + REGISTERS  # class token + registers, not rotated
+
+
+def rope_tables(h: int, w: int, head_dim: int, base: float = 100.0):
+    """Axial 2-D rotary tables for an h x w patch grid, coordinates in [-1, 1]
+    (as DINOv3 normalizes them, so a crop of another size keeps the scale)."""
+    quarter = head_dim // 4
+    freqs = base ** (-torch.arange(quarter, dtype=torch.float32) / quarter)
+    ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h * 2 - 1
+    xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w * 2 - 1
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    angles = torch.cat(
+        [yy.reshape(-1, 1) * freqs * math.pi, xx.reshape(-1, 1) * freqs * math.pi], dim=1
+    )  # [h*w, head_dim/2]
+    angles = torch.cat([angles, angles], dim=1)  # [h*w, head_dim]
+    return angles.cos(), angles.sin()
+
+
+def rotate_half(x):
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat([-b, a], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, cos, sin):
+        b, n, d = x.shape
+        hd = d // self.heads
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, hd).permute(2, 0, 3, 1, 4)
+
+        def rope(t):
+            prefix, patches = t[:, :, :PREFIX], t[:, :, PREFIX:]
+            patches = patches * cos + rotate_half(patches) * sin
+            return torch.cat([prefix, patches], dim=2)
+
+        q, k = rope(q), rope(k)
+        attn = (q @ k.transpose(-2, -1)) * (hd**-0.5)
+        out = attn.softmax(dim=-1) @ v
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class Block(nn.Module):
+    def __init__(self, dim, heads, layer_scale=0.1):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.gamma1 = nn.Parameter(torch.full((dim,), layer_scale))
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.gamma2 = nn.Parameter(torch.full((dim,), layer_scale))
+
+    def forward(self, x, cos, sin):
+        x = x + self.gamma1 * self.attn(self.norm1(x), cos, sin)
+        return x + self.gamma2 * self.mlp(self.norm2(x))
+
+
+class Encoder(nn.Module):
+    """ViT with register tokens and RoPE. forward -> (cls [B,D], patches [B,N,D])."""
+
+    def __init__(self, dim=WIDTH, depth=DEPTH, heads=HEADS):
+        super().__init__()
+        self.dim, self.heads = dim, heads
+        self.patch = nn.Conv2d(3, dim, PATCH, PATCH)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.registers = nn.Parameter(torch.zeros(1, REGISTERS, dim))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.blocks = nn.ModuleList([Block(dim, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        nn.init.trunc_normal_(self.cls, std=0.02)
+        nn.init.trunc_normal_(self.registers, std=0.02)
+
+    def embed(self, x, mask=None):
+        """Patch tokens with the prefix; `mask` [B,N] bool replaces patches
+        by the mask token (the masked-patch objective)."""
+        t = self.patch(x)
+        h, w = t.shape[-2:]
+        t = t.flatten(2).transpose(1, 2)
+        if mask is not None:
+            t = torch.where(mask.unsqueeze(-1), self.mask_token.expand_as(t), t)
+        b = t.shape[0]
+        tokens = torch.cat([self.cls.expand(b, -1, -1), self.registers.expand(b, -1, -1), t], dim=1)
+        cos, sin = rope_tables(h, w, self.dim // self.heads)
+        return tokens, cos.to(x.device), sin.to(x.device)
+
+    def forward(self, x, mask=None):
+        tokens, cos, sin = self.embed(x, mask)
+        for blk in self.blocks:
+            tokens = blk(tokens, cos, sin)
+        tokens = self.norm(tokens)
+        return tokens[:, 0], tokens[:, PREFIX:]
+
+
+class Synthesizer(nn.Module):
+    """Other sequences through both frozen encoders, mixed layer by layer.
+
+    At the embedding and after every block the two encoders' hidden states
+    are mixed, h = a*h_T1 + (1-a)*h_T2 with a = sigmoid(w[family, layer]), and
+    the mixture feeds both encoders' next block. Only w is trained."""
+
+    def __init__(self, t1: Encoder, t2: Encoder, families: int = len(L.SYNTH_FAMILIES)):
+        super().__init__()
+        self.t1, self.t2 = t1, t2
+        for p in list(t1.parameters()) + list(t2.parameters()):
+            p.requires_grad_(False)
+        self.weights = nn.Parameter(torch.zeros(families, len(t1.blocks) + 2))
+
+    def mix(self, family_onehot):
+        """[B, layers] mixing weights from a one-hot family."""
+        return torch.sigmoid(family_onehot @ self.weights)
+
+    def forward(self, x, family_onehot):
+        a = self.mix(family_onehot)  # [B, depth+2]
+        h1, cos, sin = self.t1.embed(x)
+        h2, _, _ = self.t2.embed(x)
+        h = a[:, 0, None, None] * h1 + (1 - a[:, 0, None, None]) * h2
+        for i, (b1, b2) in enumerate(zip(self.t1.blocks, self.t2.blocks)):
+            w = a[:, i + 1, None, None]
+            h = w * b1(h, cos, sin) + (1 - w) * b2(h, cos, sin)
+        w = a[:, -1, None, None]
+        h = w * self.t1.norm(h) + (1 - w) * self.t2.norm(h)
+        return h[:, 0], h[:, PREFIX:]
+
+
+class GatedAttentionPool(nn.Module):
+    """Gated attention pooling (Ilse et al.): weights from tanh(Vx) * sigmoid(Ux)."""
+
+    def __init__(self, dim, hidden=64):
+        super().__init__()
+        self.v = nn.Linear(dim, hidden)
+        self.u = nn.Linear(dim, hidden)
+        self.w = nn.Linear(hidden, 1)
+
+    def forward(self, x, mask=None):
+        """x [B, S, D], mask [B, S] (1 = present) -> pooled [B, D], attention [B, S]."""
+        score = self.w(torch.tanh(self.v(x)) * torch.sigmoid(self.u(x))).squeeze(-1)
+        if mask is not None:
+            score = score.masked_fill(mask < 0.5, -1e4)
+        attn = score.softmax(dim=-1)
+        return (attn.unsqueeze(-1) * x).sum(dim=1), attn
+
+
+class SliceAgents(nn.Module):
+    """Per slice: segmentation (anatomy, lesion, level) from patch tokens at
+    4x4 sub-patch resolution, and sequence/plane/region from the class token."""
+
+    SUB = 4
+
+    def __init__(self, dim=WIDTH):
+        super().__init__()
+        k = len(L.ANATOMY) + len(L.LESION) + len(L.LEVELS)
+        self.seg = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 256), nn.GELU(), nn.Linear(256, k * self.SUB**2))
+        self.k = k
+        self.recognize = nn.Sequential(
+            nn.LayerNorm(dim),
+            nn.Linear(dim, 128),
+            nn.GELU(),
+            nn.Linear(128, len(L.FAMILIES) + len(L.PLANES) + len(L.REGIONS)),
+        )
+
+    def forward(self, cls, patches):
+        b, n, _ = patches.shape
+        g = int(round(math.sqrt(n)))
+        s = self.SUB
+        logits = self.seg(patches).reshape(b, g, g, self.k, s, s)
+        logits = logits.permute(0, 3, 1, 4, 2, 5).reshape(b, self.k, g * s, g * s)
+        return logits, self.recognize(cls)
+
+    def split_seg(self, logits):
+        a, l = len(L.ANATOMY), len(L.LESION)
+        return logits[:, :a], logits[:, a : a + l], logits[:, a + l :]
+
+    def split_recognition(self, r):
+        f, p = len(L.FAMILIES), len(L.PLANES)
+        return r[:, :f], r[:, f : f + p], r[:, f + p :]
+
+
+class SeriesPool(nn.Module):
+    """Slices -> series embedding (gated attention; its weights select the
+    findings-relevant slices) and level-wise features (patch tokens pooled by
+    the predicted level of each patch)."""
+
+    def __init__(self, dim=WIDTH):
+        super().__init__()
+        self.pool = GatedAttentionPool(dim)
+        self.mix = nn.Linear(2 * dim, dim)
+
+    def forward(self, cls, patches, level_logits):
+        """cls [S,D], patches [S,N,D], level_logits [S,LV,G,G] (per-patch) ->
+        series [D], attention [S], level_features [LV,D], level_mass [LV]."""
+        x = self.mix(torch.cat([cls, patches.mean(dim=1)], dim=-1))
+        series, attn = self.pool(x.unsqueeze(0))
+        probs = level_logits.flatten(2).softmax(dim=1)  # [S, LV, N]
+        mass = probs.sum(dim=(0, 2))  # [LV]
+        feats = torch.einsum("svn,snd->vd", probs, patches) / (mass.unsqueeze(-1) + 1e-3)
+        return series[0], attn[0], feats, mass
+
+
+class PatientModel(nn.Module):
+    """Series embeddings (with their slot) -> patient embedding and the
+    retrieval projection (unit vector, shared space with report texts)."""
+
+    def __init__(self, dim=WIDTH, retrieval=64):
+        super().__init__()
+        self.slot = nn.Parameter(torch.zeros(len(L.SLOTS), dim))
+        self.pool = GatedAttentionPool(dim)
+        self.project = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, retrieval))
+
+    def forward(self, series, slot_onehot, mask):
+        """series [B,K,D], slot_onehot [B,K,SLOTS], mask [B,K] -> patient [B,D], retrieval [B,R], attn [B,K]."""
+        x = series + slot_onehot @ self.slot
+        patient, attn = self.pool(x, mask)
+        return patient, F.normalize(self.project(patient), dim=-1), attn
+
+
+class ConditionAgents(nn.Module):
+    """One classifier per condition over level-wise features.
+
+    Input: per slot (sagittal T1/T2/other, axial T2/other) the level features
+    [SLOTS, LV, D] and a slot mask. Each level position (vertebra or disc)
+    reads the features of its vertebra (or the two vertebrae around its
+    disc) from every slot. Output per position and condition: presence logit,
+    side logits (left, right, both/central), severity logits (mild, moderate,
+    severe); and the RSNA-style graded task per position."""
+
+    def __init__(self, dim=WIDTH, hidden=192):
+        super().__init__()
+        slots = len(L.SLOTS)
+        self.position = nn.Parameter(torch.zeros(len(L.POSITIONS), hidden))
+        self.reduce = nn.Sequential(nn.LayerNorm(2 * slots * dim), nn.Linear(2 * slots * dim, hidden), nn.GELU())
+        self.trunk = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU())
+        self.conditions = nn.ModuleList([nn.Linear(hidden, 1 + 3 + 3) for _ in L.CONDITIONS])
+        self.graded = nn.Linear(hidden, len(L.GRADED) * 3)
+        a, b = L.position_vertebrae()
+        self.register_buffer("upper", torch.tensor(a), persistent=False)
+        self.register_buffer("lower", torch.tensor(b), persistent=False)
+
+    def forward(self, level_features, slot_mask):
+        """level_features [B,SLOTS,LV,D], slot_mask [B,SLOTS] ->
+        presence [B,P,C], side [B,P,C,3], severity [B,P,C,3], graded [B,P,G,3]."""
+        f = level_features * slot_mask[:, :, None, None]
+        b = f.shape[0]
+        up = f[:, :, self.upper].permute(0, 2, 1, 3).reshape(b, len(L.POSITIONS), -1)
+        lo = f[:, :, self.lower].permute(0, 2, 1, 3).reshape(b, len(L.POSITIONS), -1)
+        h = self.trunk(self.reduce(torch.cat([up, lo], dim=-1)) + self.position)
+        outs = torch.stack([head(h) for head in self.conditions], dim=2)  # [B,P,C,7]
+        graded = self.graded(h).reshape(b, len(L.POSITIONS), len(L.GRADED), 3)
+        return outs[..., 0], outs[..., 1:4], outs[..., 4:7], graded
+
+
+class TextProjection(nn.Module):
+    """Frozen all-MiniLM-L6-v2 sentence embedding (384) -> retrieval space."""
+
+    def __init__(self, retrieval=64):
+        super().__init__()
+        self.project = nn.Linear(384, retrieval)
+
+    def forward(self, text):
+        return F.normalize(self.project(text), dim=-1)
+
+
+def clip_loss(a, b, logit_scale):
+    """Symmetric InfoNCE between matched rows of a and b (unit vectors)."""
+    logits = logit_scale.exp() * a @ b.t()
+    target = torch.arange(a.shape[0], device=a.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+
+def flops_per_slice(dim=WIDTH, depth=DEPTH, image=IMAGE):
+    """Multiply-adds x 2 of one encoder forward (matmuls only)."""
+    n = (image // PATCH) ** 2 + PREFIX
+    embed = (image // PATCH) ** 2 * (3 * PATCH * PATCH) * dim
+    per_block = n * (3 * dim * dim + dim * dim + 8 * dim * dim) + 2 * n * n * dim
+    return 2 * (embed + depth * per_block)

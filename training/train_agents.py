@@ -1,0 +1,268 @@
+"""Stage 2: the synthesizer's per-layer weights, then every agent, on top of
+the two frozen pre-trained encoders.
+
+1. Synthesizer: other sequences (STIR, Dixon, post-contrast, PD) through both
+   encoders, mixed per layer; trained with a symmetric CLIP loss between the
+   pooled series embedding and the frozen report-text embedding.
+2. Features of every series stack are computed once (encoders frozen): the
+   method's routing (T1 -> T1 encoder, T2 -> T2 encoder, others ->
+   synthesizer) and, for the ablation, others through the T2 encoder alone.
+3. Agents (segmentation, recognition, pooling with slice selection, patient
+   embedding, condition classifiers, graded task, retrieval) trained jointly.
+
+    python training/train_agents.py --cache work/cache.pt --t1 work/enc_t1.pt --t2 work/enc_t2.pt --out work/agents.pt
+"""
+
+import argparse
+import math
+import random
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spinefm import labels as L
+from spinefm.data import covered_positions, finding_targets
+from spinefm.model import Encoder, GatedAttentionPool, Synthesizer, TextProjection, clip_loss
+from spinefm.pipeline import Agents, run_study
+
+
+def load_encoder(path):
+    e = Encoder()
+    e.load_state_dict(torch.load(path)["encoder"])
+    e.eval()
+    return e
+
+
+def family_onehot(family, n):
+    v = torch.zeros(n, len(L.SYNTH_FAMILIES))
+    v[:, L.SYNTH_FAMILIES.index(family)] = 1
+    return v
+
+
+def pixels(series, idx=None):
+    x = torch.from_numpy(series["pixels"] if idx is None else series["pixels"][idx]).float()
+    return x.unsqueeze(1).expand(-1, 3, -1, -1)
+
+
+def train_synthesizer(synth, studies, minutes):
+    pool = GatedAttentionPool(128)
+    img_proj = torch.nn.Linear(128, 64)
+    txt = TextProjection()
+    scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+    params = [synth.weights, scale] + list(pool.parameters()) + list(img_proj.parameters()) + list(txt.parameters())
+    opt = torch.optim.AdamW(params, lr=3e-3, weight_decay=0.0)
+    pairs = [(s, st) for st in studies for s in st["series"] if s["family"] in L.SYNTH_FAMILIES]
+    deadline, step = time.time() + minutes * 60, 0
+    while time.time() < deadline:
+        batch = {}
+        for s, st in random.sample(pairs, min(len(pairs), 24)):
+            batch.setdefault(st["name"], (s, st))  # one series per study in a batch
+        if len(batch) < 4:
+            continue
+        embs, texts = [], []
+        for s, st in batch.values():
+            idx = np.sort(np.random.choice(len(s["pixels"]), min(6, len(s["pixels"])), replace=False))
+            x = pixels(s, idx)
+            cls, patches = synth(x, family_onehot(s["family"], len(idx)))
+            feat = torch.cat([cls, patches.mean(1)], -1)[:, :128] + cls
+            e, _ = pool(feat.unsqueeze(0))
+            embs.append(F.normalize(img_proj(e[0]), dim=-1))
+            texts.append(torch.from_numpy(st["text"]))
+        loss = clip_loss(torch.stack(embs), txt(torch.stack(texts)), scale)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % 10 == 0:
+            w = torch.sigmoid(synth.weights).detach()
+            print(f"synth step {step} loss {loss.item():.3f} T1 share per layer (stir) {w[0].numpy().round(2)}", flush=True)
+    return step
+
+
+@torch.no_grad()
+def features(t1, t2, synth, study):
+    """Per series stack: the routed features (T1 -> T1 encoder, T2 -> T2
+    encoder, others -> synthesizer), the ablation's (others through the T2
+    encoder alone) and the T2 encoder's class token for recognition."""
+    routed, ablation = [], []
+    for s in study["series"]:
+        x = pixels(s)
+        path = L.encoder_of(s["family"])
+        c2, p2 = t2(x)
+        if path == "t1":
+            cls, patches = t1(x)
+        elif path == "t2":
+            cls, patches = c2, p2
+        else:
+            cls, patches = synth(x, family_onehot(s["family"], len(x)))
+        common = {
+            "rec_cls": c2.half(),
+            "slot": s["slot"],
+            "family": s["family"],
+            "plane": s["plane"],
+            "number": s["number"],
+            "slice_index": s["slice_index"],
+            "anatomy32": torch.from_numpy(s["anatomy32"]).long(),
+            "lesion32": torch.from_numpy(s["lesion32"]).long(),
+            "level32": torch.from_numpy(s["level32"]).long(),
+        }
+        routed.append(dict(common, cls=cls.half(), patches=patches.half()))
+        if path == "synthesizer":
+            ablation.append(dict(common, cls=c2.half(), patches=p2.half()))
+        else:
+            ablation.append(routed[-1])
+    return routed, ablation
+
+
+def visible_slices(truth, number, slice_index):
+    """Positions in the stack (tensor order) where any finding is visible."""
+    seen = set()
+    for f in truth["findings"]:
+        for v in f["visible_in"]:
+            if v["series_number"] == number:
+                seen.update(v["slices"])
+    return [k for k, i in enumerate(slice_index) if int(i) in seen]
+
+
+def as_float(items):
+    return [
+        dict(it, cls=it["cls"].float(), patches=it["patches"].float(), rec_cls=it["rec_cls"].float()) for it in items
+    ]
+
+
+LESION_WEIGHT = torch.ones(len(L.LESION))
+LESION_WEIGHT[0] = 0.2
+GRADE_WEIGHT = torch.tensor([1.0, 2.0, 4.0])  # RSNA: normal/mild 1, moderate 2, severe 4
+
+
+def study_losses(agents, study, items):
+    truth = study["truth"]
+    per_item, out = run_study(agents, as_float(items))
+    seg_loss, rec_loss, attn_loss, n_attn = 0.0, 0.0, 0.0, 0
+    region = L.REGIONS.index(truth["region"])
+    for it, o in zip(items, per_item):
+        a, les, lev = agents.slice.split_seg(o["seg"])
+        seg_loss = seg_loss + F.cross_entropy(a, it["anatomy32"]) + F.cross_entropy(lev, it["level32"])
+        seg_loss = seg_loss + F.cross_entropy(les, it["lesion32"], weight=LESION_WEIGHT)
+        fam, plane, reg = agents.slice.split_recognition(o["recognition"])
+        n = fam.shape[0]
+        rec_loss = rec_loss + F.cross_entropy(fam, torch.full((n,), L.FAMILIES.index(it["family"])))
+        rec_loss = rec_loss + F.cross_entropy(plane, torch.full((n,), L.PLANES.index(it["plane"])))
+        rec_loss = rec_loss + F.cross_entropy(reg, torch.full((n,), region))
+        vis = visible_slices(truth, it["number"], it["slice_index"])
+        if vis and len(vis) < n:
+            attn_loss = attn_loss - torch.log(o["attention"][vis].sum() + 1e-6)
+            n_attn += 1
+    k = len(items)
+    return out, seg_loss / k, rec_loss / k, attn_loss / max(n_attn, 1)
+
+
+def condition_losses(agents, outs, studies):
+    lf = torch.stack([o["level_features"] for o in outs])
+    sm = torch.stack([o["slot_mask"] for o in outs])
+    presence, side, severity, graded = agents.conditions(lf, sm)
+    tp, ts, tv, tg, cov = [], [], [], [], []
+    for st in studies:
+        p, s, v, g = finding_targets(st["truth"])
+        tp.append(p), ts.append(s), tv.append(v), tg.append(g), cov.append(covered_positions(st))
+    tp, ts, tv, tg = (torch.from_numpy(np.stack(a)) for a in (tp, ts, tv, tg))
+    cov = torch.from_numpy(np.stack(cov)).float()[:, :, None].expand_as(tp)
+    bce = F.binary_cross_entropy_with_logits(presence, tp, pos_weight=torch.tensor(20.0), reduction="none")
+    loss = (bce * cov).sum() / cov.sum().clamp(min=1)
+    m = ts >= 0
+    if m.any():
+        loss = loss + F.cross_entropy(side[m], ts[m])
+    m = tv >= 0
+    if m.any():
+        loss = loss + F.cross_entropy(severity[m], tv[m])
+    m = tg >= 0
+    if m.any():
+        loss = loss + F.cross_entropy(graded[m], tg[m], weight=GRADE_WEIGHT)
+    return loss
+
+
+def train_agents(agents, train, feats, minutes, batch=12, label=""):
+    opt = torch.optim.AdamW(agents.parameters(), lr=1e-3, weight_decay=0.02)
+    deadline, started, step = time.time() + minutes * 60, time.time(), 0
+    while time.time() < deadline:
+        frac = (time.time() - started) / (minutes * 60)
+        for g in opt.param_groups:
+            g["lr"] = 1e-3 * min(1.0, frac * 20) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+        chosen = random.sample(range(len(train)), min(batch, len(train)))
+        outs, seg, rec, att = [], 0.0, 0.0, 0.0
+        for i in chosen:
+            o, s, r, a = study_losses(agents, train[i], feats[i])
+            outs.append(o)
+            seg, rec, att = seg + s, rec + r, att + a
+        b = len(chosen)
+        cond = condition_losses(agents, outs, [train[i] for i in chosen])
+        texts = agents.text(torch.stack([torch.from_numpy(train[i]["text"]) for i in chosen]))
+        clip = clip_loss(torch.stack([o["retrieval"] for o in outs]), texts, agents.logit_scale)
+        loss = seg / b + 0.5 * rec / b + 0.3 * att / b + cond + clip
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(agents.parameters(), 3.0)
+        opt.step()
+        step += 1
+        if step % 25 == 0:
+            print(
+                f"{label} step {step} {time.time() - started:.0f}s loss {loss.item():.3f} seg {seg.item() / b:.3f} "
+                f"rec {rec.item() / b:.3f} attn {float(att) / b:.3f} cond {cond.item():.3f} clip {clip.item():.3f}",
+                flush=True,
+            )
+    return step
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cache", required=True)
+    ap.add_argument("--t1", required=True)
+    ap.add_argument("--t2", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--synth-minutes", type=float, default=4)
+    ap.add_argument("--agent-minutes", type=float, default=12)
+    ap.add_argument("--ablation-minutes", type=float, default=12)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+
+    cache = torch.load(args.cache, weights_only=False)
+    t1, t2 = load_encoder(args.t1), load_encoder(args.t2)
+    synth = Synthesizer(t1, t2)
+    synth_steps = train_synthesizer(synth, cache["train"], args.synth_minutes)
+
+    started = time.time()
+    feats, ablation = {}, {}
+    for split, studies in cache.items():
+        both = [features(t1, t2, synth, st) for st in studies]
+        feats[split] = [b[0] for b in both]
+        ablation[split] = [b[1] for b in both]
+    print(f"features in {time.time() - started:.0f}s", flush=True)
+
+    agents = Agents()
+    steps = train_agents(agents, cache["train"], feats["train"], args.agent_minutes, label="agents")
+    agents_ablation = Agents()
+    ab_steps = train_agents(
+        agents_ablation, cache["train"], ablation["train"], args.ablation_minutes, label="ablation"
+    )
+    torch.save(
+        {
+            "synthesizer": synth.weights.detach(),
+            "agents": agents.state_dict(),
+            "agents_ablation": agents_ablation.state_dict(),
+            "steps": {"synthesizer": synth_steps, "agents": steps, "ablation": ab_steps},
+            "t1": args.t1,
+            "t2": args.t2,
+        },
+        args.out,
+    )
+    torch.save({"routed": feats, "ablation": ablation}, args.out + ".features")
+    print(f"saved {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
