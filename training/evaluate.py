@@ -81,9 +81,11 @@ def condition_metrics(rows):
     per = {}
     for c, name in enumerate(L.CONDITIONS):
         yl, sl, ys, ss = [], [], [], []
+        valid = np.array(L.valid_positions(name))
         for r in rows:
             p, _, _, _ = finding_targets(r["study"]["truth"])
-            cov = covered_positions(r["study"])
+            # Only the positions where the condition can be (disc or vertebra).
+            cov = covered_positions(r["study"]) & valid
             yl += p[cov, c].tolist()
             sl += r["presence"][cov, c].tolist()
             ys.append(int(p[:, c].max() > 0))
@@ -191,10 +193,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--agents", default="agents.pt", help="checkpoint in WORK")
+    ap.add_argument(
+        "--compare", type=Path, help="an earlier evaluation's JSON to summarize beside this one (e.g. without fine-tuning)"
+    )
+    ap.add_argument("--compare-label", default="earlier run")
     args = ap.parse_args()
-    ck = torch.load(args.work / "agents.pt", weights_only=False)
+    ck = torch.load(args.work / args.agents, weights_only=False)
     cache = torch.load(args.work / "cache.pt", weights_only=False)
-    fs = torch.load(str(args.work / "agents.pt") + ".features", weights_only=False)
+    fs = torch.load(str(args.work / args.agents) + ".features", weights_only=False)
     agents, ablation = Agents(), Agents()
     agents.load_state_dict(ck["agents"])
     ablation.load_state_dict(ck["agents_ablation"])
@@ -236,7 +243,28 @@ def main():
         }
     (args.out.with_suffix(".json")).write_text(json.dumps(results, indent=1))
     write_report(args.out, results, ck)
+    if args.compare:
+        append_comparison(args.out, results, json.loads(args.compare.read_text()), args.compare_label)
     print(args.out.read_text())
+
+
+def append_comparison(path, results, earlier, label):
+    lines = [f"## Compared with {label}", "", "| set | metric | this bundle | " + label + " |", "|---|---|---|---|"]
+    for name, r in results.items():
+        e = earlier.get(name)
+        if not e:
+            continue
+        anat = lambda d: float(np.mean([v for k, v in d["dice"]["anatomy"].items() if k != "background" and v is not None]))
+        for metric, a, b in [
+            ("mean AUROC per level", r["mean_level_auroc"][0], e["mean_level_auroc"][0]),
+            ("mean AUROC per study", r["mean_study_auroc"][0], e["mean_study_auroc"][0]),
+            ("RSNA weighted log loss", r["rsna_weighted_log_loss"], e["rsna_weighted_log_loss"]),
+            ("anatomy Dice (mean)", anat(r), anat(e)),
+            ("Recall@5 image to report", r["retrieval"]["image_to_report"]["R@5"], e["retrieval"]["image_to_report"]["R@5"]),
+        ]:
+            lines.append(f"| {name} | {metric} | {fmt(a)} | {fmt(b)} |")
+    with open(path, "a") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def write_report(path, results, ck):

@@ -175,7 +175,8 @@ def manifest(out, models, extra_files):
     for key, values in [
         ("families", L.FAMILIES), ("synthesizer_families", L.SYNTH_FAMILIES), ("planes", L.PLANES),
         ("regions", L.REGIONS), ("slots", L.SLOTS), ("levels", L.LEVELS), ("positions", L.POSITIONS),
-        ("conditions", L.CONDITIONS), ("sides", L.SIDES), ("severities", L.SEVERITIES),
+        ("conditions", L.CONDITIONS), ("condition_kinds", [L.CONDITION_KINDS[c] for c in L.CONDITIONS]),
+        ("sides", L.SIDES), ("severities", L.SEVERITIES),
         ("graded", L.GRADED), ("grades", L.GRADES), ("lumbar_discs", L.LUMBAR_DISCS),
         ("anatomy", L.ANATOMY), ("lesion", L.LESION),
     ]:  # fmt: skip
@@ -206,14 +207,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--agents", default="agents.pt", help="checkpoint in WORK")
     args = ap.parse_args()
     w = args.work
     if args.out.exists():
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)
 
-    ck = torch.load(w / "agents.pt", weights_only=False)
-    t1, t2 = load_encoder(w / "enc_t1.pt"), load_encoder(w / "enc_t2.pt")
+    ck = torch.load(w / args.agents, weights_only=False)
+    # The encoders the agents were trained on (paths recorded in the checkpoint).
+    t1, t2 = load_encoder(ck["t1"]), load_encoder(ck["t2"])
     synth = Synthesizer(t1, t2)
     synth.weights.data.copy_(ck["synthesizer"])
     agents = Agents()

@@ -22,7 +22,11 @@ cd training
 "$PY" pretrain.py --cache "../$WORK/cache.pt" --family t1 --out "../$WORK/enc_t1.pt" --minutes 20 --batch 32 --threads 1 &
 "$PY" pretrain.py --cache "../$WORK/cache.pt" --family t2 --out "../$WORK/enc_t2.pt" --minutes 20 --batch 32 --threads 1 --seed 1 &
 wait
-"$PY" train_agents.py --cache "../$WORK/cache.pt" --t1 "../$WORK/enc_t1.pt" --t2 "../$WORK/enc_t2.pt" \
-  --out "../$WORK/agents.pt" --synth-minutes 4 --agent-minutes 12 --ablation-minutes 12
+# Dense supervised adaptation of both encoders (see finetune.py for why).
+"$PY" finetune.py --cache "../$WORK/cache.pt" --family t1 --encoder "../$WORK/enc_t1.pt" --out "../$WORK/enc_t1_ft.pt" --minutes 14 --batch 32 --threads 1 &
+"$PY" finetune.py --cache "../$WORK/cache.pt" --family t2 --encoder "../$WORK/enc_t2.pt" --out "../$WORK/enc_t2_ft.pt" --minutes 14 --batch 32 --threads 1 --seed 1 &
+wait
+"$PY" train_agents.py --cache "../$WORK/cache.pt" --t1 "../$WORK/enc_t1_ft.pt" --t2 "../$WORK/enc_t2_ft.pt" \
+  --out "../$WORK/agents.pt" --synth-minutes 3 --agent-minutes 10 --ablation-minutes 10
 "$PY" export.py --work "../$WORK" --out ../models/spinefm-tiny
 "$PY" evaluate.py --work "../$WORK" --out ../models/spinefm-tiny/EVALUATION.md

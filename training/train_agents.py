@@ -168,7 +168,8 @@ def condition_losses(agents, outs, studies):
         p, s, v, g = finding_targets(st["truth"])
         tp.append(p), ts.append(s), tv.append(v), tg.append(g), cov.append(covered_positions(st))
     tp, ts, tv, tg = (torch.from_numpy(np.stack(a)) for a in (tp, ts, tv, tg))
-    cov = torch.from_numpy(np.stack(cov)).float()[:, :, None].expand_as(tp)
+    valid = torch.tensor([L.valid_positions(c) for c in L.CONDITIONS]).T.float()  # [P, C]
+    cov = torch.from_numpy(np.stack(cov)).float()[:, :, None] * valid  # covered and the right kind
     bce = F.binary_cross_entropy_with_logits(presence, tp, pos_weight=torch.tensor(20.0), reduction="none")
     loss = (bce * cov).sum() / cov.sum().clamp(min=1)
     m = ts >= 0

@@ -12,6 +12,7 @@ pub mod decode;
 pub mod model;
 pub mod npy;
 pub mod providers;
+pub mod report;
 pub mod runtime;
 pub mod structure;
 

@@ -1,13 +1,19 @@
 //! `spineagent analyze`: the whole model bundle on the DICOM files of one
 //! study, without the daemon (files are read from disk, as the spool holds
-//! them). The daemon's pipeline runs the same stages as instances arrive.
+//! them), and the report outputs: analysis JSON, report text, DICOM SR.
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use spineagent_engine::SessionOptions;
 use spineagent_engine::analysis::{SeriesInput, SpineModels, StudyAnalysis};
+use spineagent_engine::report::codes::Codes;
+use spineagent_engine::report::key_images::locate;
+use spineagent_engine::report::seg::{SegInput, SegSlice, build_seg};
+use spineagent_engine::report::sr::{KeyImage, SourceImage, SrFinding, SrInput, build_sr};
+use spineagent_engine::report::{Report, Triage, bundle_device_uid, compose, new_uid, uid_from};
 
-use crate::assemble::classify::Rules;
+use crate::assemble::classify::{Family, Rules};
 use crate::assemble::geometry::Plane;
 
 /// Where `analyze` looks for the bundle when none is named: the committed
@@ -27,27 +33,255 @@ pub fn default_bundle() -> PathBuf {
         .unwrap_or(local)
 }
 
-pub fn analyze_files(
+/// Where a stack's slices are (for the SEG).
+#[derive(Debug, Clone)]
+pub struct StackGeometry {
+    pub orientation: [f64; 6],
+    pub positions: Vec<[f64; 3]>,
+    pub pixel_spacing: Option<[f64; 2]>,
+    pub slice_thickness: Option<f64>,
+    pub first_file: PathBuf,
+}
+
+/// An analyzed study and what the report outputs need besides the analysis.
+pub struct Analyzed {
+    pub analysis: StudyAnalysis,
+    /// Every source image of the analyzed stacks, in analysis series order.
+    pub images: Vec<Vec<SourceImage>>,
+    /// Geometry of each analyzed stack, in analysis series order.
+    pub geometry: Vec<StackGeometry>,
+    /// Series not analyzed: (description, reason).
+    pub skipped: Vec<(String, String)>,
+    /// A source file (patient and study modules are copied from it).
+    pub source_file: PathBuf,
+}
+
+/// Loads the bundle and analyzes `files` (the CLI's one-shot path).
+pub fn load_and_analyze(
     files: &[PathBuf],
     bundle: &Path,
     options: &SessionOptions,
     threshold: f32,
-) -> anyhow::Result<StudyAnalysis> {
+) -> anyhow::Result<(SpineModels, Analyzed)> {
     let models = SpineModels::load(bundle, options)?;
-    let stacks = crate::preprocess::stacks(files, &models.bundle.manifest.preprocess, &Rules::builtin())?;
-    let inputs = stacks
-        .into_iter()
-        .filter(|s| matches!(s.plane, Plane::Sagittal | Plane::Axial))
-        .map(|s| SeriesInput {
+    let analyzed = analyze_files(&models, files, threshold)?;
+    Ok((models, analyzed))
+}
+
+pub fn analyze_files(models: &SpineModels, files: &[PathBuf], threshold: f32) -> anyhow::Result<Analyzed> {
+    let started = std::time::Instant::now();
+    let rules = Rules::builtin();
+    let stacks = crate::preprocess::stacks(files, &models.bundle.manifest.preprocess, &rules)?;
+    let source_file = stacks
+        .first()
+        .and_then(|s| s.files.first().cloned())
+        .context("no image with geometry among the files")?;
+    let mut inputs = Vec::new();
+    let mut images = Vec::new();
+    let mut skipped = Vec::new();
+    let mut geometry = Vec::new();
+    let used =
+        |family: &str| !matches!(family, "localizer" | "gre" | "dwi" | "other") && family != Family::Other.as_str();
+    for s in stacks {
+        if !matches!(s.plane, Plane::Sagittal | Plane::Axial) {
+            skipped.push((s.series_description, format!("{} plane not used", s.plane.as_str())));
+            continue;
+        }
+        if !used(&s.family) {
+            skipped.push((s.series_description, format!("{} not used by the models", s.family)));
+            continue;
+        }
+        geometry.push(StackGeometry {
+            orientation: s.orientation,
+            positions: s.positions.clone(),
+            pixel_spacing: s.pixel_spacing,
+            slice_thickness: s.slice_thickness,
+            first_file: s.files.first().cloned().unwrap_or_default(),
+        });
+        images.push(
+            s.sop_instance_uids
+                .iter()
+                .zip(&s.sop_class_uids)
+                .map(|(uid, class)| SourceImage {
+                    series_instance_uid: s.series_instance_uid.clone(),
+                    sop_class_uid: class.clone(),
+                    sop_instance_uid: uid.clone(),
+                })
+                .collect(),
+        );
+        inputs.push(SeriesInput {
             series_instance_uid: s.series_instance_uid,
             description: s.series_description,
             family: s.family,
             plane: s.plane.as_str().to_string(),
             pixels: s.tensor,
             sop_instance_uids: s.sop_instance_uids,
+            rows: s.rows,
+            cols: s.cols,
+        });
+    }
+    skipped.sort();
+    skipped.dedup();
+    let mut analysis = models.analyze(inputs, threshold)?;
+    analysis.seconds = started.elapsed().as_secs_f64();
+    Ok(Analyzed {
+        analysis,
+        geometry,
+        images,
+        skipped,
+        source_file,
+    })
+}
+
+/// The study's region: what most series' pixels say.
+pub fn region(a: &StudyAnalysis) -> String {
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    for s in &a.series {
+        *counts.entry(s.recognized_region.0.as_str()).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|(r, _)| r.to_string())
+        .unwrap_or_else(|| "lumbar".into())
+}
+
+/// Writes `analysis.json`, `report.txt` and `sr.dcm` into `out`; returns
+/// the composed report.
+pub fn write_outputs(
+    models: &SpineModels,
+    a: &Analyzed,
+    out: &Path,
+    triage: &Triage,
+    codes: &Codes,
+) -> anyhow::Result<Report> {
+    std::fs::create_dir_all(out)?;
+    let analysis = &a.analysis;
+    let report = compose(analysis, triage, &region(analysis));
+    std::fs::write(out.join("analysis.json"), serde_json::to_vec_pretty(analysis)?)?;
+    std::fs::write(out.join("report.txt"), report.text())?;
+    let source = spineagent_engine::structure::open_instance(&a.source_file).map_err(anyhow::Error::msg)?;
+    let lesion = models.bundle.labels("lesion")?;
+    let spec = &models.bundle.manifest.preprocess;
+    // Tracking UIDs derive from the study and the finding: the same finding
+    // in a re-analysis of the same study keeps its UID.
+    let study_uid = source
+        .element(dicom_dictionary_std::tags::STUDY_INSTANCE_UID)
+        .ok()
+        .and_then(|e| e.to_str().ok().map(|s| s.into_owned()))
+        .unwrap_or_default();
+    let findings = analysis
+        .findings
+        .iter()
+        .map(|f| {
+            let key_image = locate(f, &analysis.series, lesion, spec).and_then(|l| {
+                Some(KeyImage {
+                    image: a.images.get(l.series)?.get(l.slice)?.clone(),
+                    point: l.point,
+                })
+            });
+            SrFinding {
+                finding: f,
+                tracking_uid: uid_from(format!("{study_uid}/{}/{}", f.level, f.condition).as_bytes()),
+                key_image,
+            }
         })
         .collect();
-    Ok(models.analyze(inputs, threshold)?)
+    let now = chrono_like_now();
+    let input = SrInput {
+        source: &source,
+        report: &report,
+        findings,
+        evidence: a.images.iter().flatten().cloned().collect(),
+        skipped: a.skipped.clone(),
+        codes,
+        algorithm_name: models.bundle.manifest.name.clone(),
+        algorithm_version: models.bundle.manifest.version.clone(),
+        device_uid: bundle_device_uid(&models.bundle),
+        text_source: "deterministic composer (no language model in this bundle)".into(),
+        series_instance_uid: new_uid(),
+        sop_instance_uid: new_uid(),
+        series_number: 9901,
+        date: now.0,
+        time: now.1,
+    };
+    let sr = build_sr(&input)?;
+    sr.write_to_file(out.join("sr.dcm")).context("writing sr.dcm")?;
+    write_seg(models, a, out)?;
+    Ok(report)
+}
+
+/// The SEG of the series that best shows the anatomy (sagittal T2, else the
+/// first analyzed stack); skipped with a log line when nothing was segmented.
+fn write_seg(models: &SpineModels, a: &Analyzed, out: &Path) -> anyhow::Result<()> {
+    let series = &a.analysis.series;
+    let Some(i) = series
+        .iter()
+        .position(|s| s.family == "t2" && s.plane == "sagittal")
+        .or(if series.is_empty() { None } else { Some(0) })
+    else {
+        return Ok(());
+    };
+    let (s, g) = (&series[i], &a.geometry[i]);
+    let source = spineagent_engine::structure::open_instance(&g.first_file).map_err(anyhow::Error::msg)?;
+    let now = chrono_like_now();
+    let input = SegInput {
+        source: &source,
+        slices: a.images[i]
+            .iter()
+            .zip(&g.positions)
+            .map(|(image, position)| SegSlice {
+                image: image.clone(),
+                position: *position,
+            })
+            .collect(),
+        masks: &s.masks,
+        orientation: g.orientation,
+        pixel_spacing: g.pixel_spacing.unwrap_or([1.0, 1.0]),
+        slice_thickness: g.slice_thickness,
+        rows: s.rows,
+        cols: s.cols,
+        spec: &models.bundle.manifest.preprocess,
+        anatomy_labels: models.bundle.labels("anatomy")?,
+        lesion_labels: models.bundle.labels("lesion")?,
+        algorithm_name: models.bundle.manifest.name.clone(),
+        algorithm_version: models.bundle.manifest.version.clone(),
+        series_instance_uid: new_uid(),
+        sop_instance_uid: new_uid(),
+        dimension_organization_uid: new_uid(),
+        series_number: 9902,
+        date: now.0,
+        time: now.1,
+    };
+    match build_seg(&input) {
+        Ok(seg) => seg.write_to_file(out.join("seg.dcm")).context("writing seg.dcm")?,
+        Err(e) => tracing::warn!("no SEG: {e}"),
+    }
+    Ok(())
+}
+
+/// Today's DICOM date and time (UTC) without a calendar crate.
+fn chrono_like_now() -> (String, String) {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        format!("{y:04}{m:02}{d:02}"),
+        format!("{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60),
+    )
 }
 
 /// A person's summary of an analysis.
@@ -83,4 +317,15 @@ pub fn summary(a: &StudyAnalysis) -> String {
     out += &a.structured_tokens;
     out.push('\n');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dicom_dates_from_the_epoch() {
+        let (d, t) = super::chrono_like_now();
+        assert_eq!(d.len(), 8);
+        assert!(d.as_str() >= "20260101", "{d}");
+        assert_eq!(t.len(), 6);
+    }
 }

@@ -26,6 +26,7 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod models;
+pub mod pipeline;
 pub mod preprocess;
 pub mod scu;
 pub mod spool;

@@ -79,6 +79,9 @@ enum Command {
         /// Intra-op threads per model (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// Write analysis.json, report.txt and the DICOM SR (sr.dcm) here.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     Preprocess {
         #[arg(required = true)]
@@ -452,6 +455,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             json,
             threshold,
             threads,
+            out,
         } => {
             let files = scu::collect_files(&paths).context("listing files")?;
             let bundle = bundle.unwrap_or_else(spineagent::analyze::default_bundle);
@@ -460,12 +464,28 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 options.threads = t;
             }
             let started = std::time::Instant::now();
-            let analysis = spineagent::analyze::analyze_files(&files, &bundle, &options, threshold)
+            let (models, analyzed) = spineagent::analyze::load_and_analyze(&files, &bundle, &options, threshold)
                 .with_context(|| format!("analyzing with {}", bundle.display()))?;
+            if let Some(dir) = &out {
+                let report = spineagent::analyze::write_outputs(
+                    &models,
+                    &analyzed,
+                    dir,
+                    &spineagent_engine::report::Triage::builtin(),
+                    &spineagent_engine::report::codes::Codes::builtin(),
+                )?;
+                eprintln!(
+                    "wrote {} (triage category {}: {})",
+                    dir.display(),
+                    report.category as u8,
+                    report.category.as_str()
+                );
+            }
+            let analysis = &analyzed.analysis;
             if json {
-                println!("{}", serde_json::to_string_pretty(&analysis)?);
+                println!("{}", serde_json::to_string_pretty(analysis)?);
             } else {
-                print!("{}", spineagent::analyze::summary(&analysis));
+                print!("{}", spineagent::analyze::summary(analysis));
                 println!("({:.1} s)", started.elapsed().as_secs_f64());
             }
             Ok(ExitCode::SUCCESS)
@@ -524,7 +544,36 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// The report stage, when the configured bundle is a SpineFM bundle.
+fn report_stage(
+    cfg: &Config,
+    metrics: std::sync::Arc<spineagent::metrics::Metrics>,
+) -> Result<Option<spineagent::pipeline::ReportStage>> {
+    let Some(dir) = cfg.engine_bundle() else {
+        return Ok(None);
+    };
+    let bundle = spineagent_engine::Bundle::open(&dir)?;
+    if bundle.model("conditions").is_none() {
+        tracing::info!("bundle has no condition agents: studies are assembled, not reported");
+        return Ok(None);
+    }
+    let options = spineagent_engine::SessionOptions {
+        threads: cfg.engine.threads,
+        ..Default::default()
+    };
+    let models = spineagent_engine::analysis::SpineModels::load(&dir, &options)?;
+    Ok(Some(spineagent::pipeline::ReportStage {
+        models: std::sync::Arc::new(models),
+        spool: cfg.spool.dir.clone(),
+        triage: spineagent_engine::report::Triage::builtin(),
+        codes: spineagent_engine::report::codes::Codes::builtin(),
+        threshold: spineagent_engine::analysis::DEFAULT_THRESHOLD,
+        metrics,
+    }))
+}
+
 async fn serve(cfg: Config) -> Result<()> {
+    let cfg_for_stage = cfg.clone();
     let (daemon, mut events) = spineagent::daemon::Daemon::bind(cfg).await?;
     tracing::info!(dicom = %daemon.dicom_addr(), metrics = %daemon.ops_addr(), "spineagent listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -533,26 +582,33 @@ async fn serve(cfg: Config) -> Result<()> {
         tracing::info!("shutdown requested");
         let _ = stop_tx.send(true);
     });
-    // Until the analysis stages exist, events are reported here; they are
-    // persisted as manifests in the spool either way.
-    tokio::spawn(async move {
-        while let Some(event) = events.recv().await {
-            if let AssemblyEvent::StudyComplete(study) = event {
-                for s in &study.series {
-                    tracing::info!(
-                        study = %study.study_instance_uid,
-                        series_number = ?s.series_number,
-                        family = s.class.family.as_str(),
-                        plane = s.class.plane.map(|p| p.as_str()).unwrap_or("none"),
-                        region = s.class.region.as_str(),
-                        slices = s.slice_count(),
-                        skipped = s.class.skip_reason.map(|r| r.as_str()).unwrap_or("no"),
-                        "study series"
-                    );
-                }
-            }
+    // With a model bundle configured, completed studies are analyzed and
+    // reported; without one, the study summary is logged.
+    match report_stage(&cfg_for_stage, daemon.metrics())? {
+        Some(stage) => {
+            tokio::spawn(stage.run(events, stop_rx.clone()));
         }
-    });
+        None => {
+            tokio::spawn(async move {
+                while let Some(event) = events.recv().await {
+                    if let AssemblyEvent::StudyComplete(study) = event {
+                        for s in &study.series {
+                            tracing::info!(
+                                study = %study.study_instance_uid,
+                                series_number = ?s.series_number,
+                                family = s.class.family.as_str(),
+                                plane = s.class.plane.map(|p| p.as_str()).unwrap_or("none"),
+                                region = s.class.region.as_str(),
+                                slices = s.slice_count(),
+                                skipped = s.class.skip_reason.map(|r| r.as_str()).unwrap_or("no"),
+                                "study series"
+                            );
+                        }
+                    }
+                }
+            });
+        }
+    }
     daemon.run(stop_rx).await;
     Ok(())
 }

@@ -28,6 +28,9 @@ pub struct Metrics {
     pub studies_completed_total: IntCounter,
     pub queue_depth: IntGaugeVec,
     pub models_loaded: IntGauge,
+    pub reports_total: IntCounterVec,
+    pub report_failures_total: IntCounter,
+    pub report_seconds: Histogram,
     pub model_ready_seconds: prometheus::GaugeVec,
     pub queue_capacity: IntGaugeVec,
 }
@@ -164,6 +167,29 @@ impl Metrics {
                 "Capacity of an internal queue",
                 &["queue"],
             ),
+            reports_total: counter_vec(
+                &r,
+                "spineagent_reports_total",
+                "Study reports written, by triage category (critical, urgent, routine)",
+                &["category"],
+            ),
+            report_failures_total: counter(
+                &r,
+                "spineagent_report_failures_total",
+                "Completed studies that got no report (no usable series, or the analysis failed)",
+            ),
+            report_seconds: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "spineagent_report_seconds",
+                        "Time from a study's completion event to its report on disk (decode, models, SR)",
+                    )
+                    .buckets(vec![0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0]),
+                )
+                .expect("valid metric");
+                r.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
             models_loaded: int_gauge(
                 &r,
                 "spineagent_models_loaded",

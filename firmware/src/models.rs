@@ -19,26 +19,35 @@ pub struct LoadedModels {
     pub models: Vec<Arc<Model>>,
 }
 
-/// A warm-up input: the golden input, or zeros with batch 1.
-fn warmup_input(bundle: &Bundle, model: &Model) -> Option<ArrayF32> {
-    if let Some(g) = &model.spec.golden_input
-        && let Ok(a) = read_f32(&bundle.dir.join(g))
+/// Warm-up inputs: the golden inputs, or zeros with every named axis 1.
+fn warmup_inputs(bundle: &Bundle, model: &Model) -> Vec<ArrayF32> {
+    if let Some((files, _)) = model.spec.golden()
+        && let Ok(inputs) = files
+            .iter()
+            .map(|f| read_f32(&bundle.dir.join(f)))
+            .collect::<Result<Vec<_>, _>>()
     {
-        return Some(a);
+        return inputs;
     }
-    let input = model.spec.inputs.first()?;
-    let shape: Vec<usize> = input
-        .shape
+    model
+        .spec
+        .inputs
         .iter()
-        .map(|d| match d {
-            Dim::Fixed(n) => *n as usize,
-            Dim::Named(_) => 1,
+        .map(|input| {
+            let shape: Vec<usize> = input
+                .shape
+                .iter()
+                .map(|d| match d {
+                    Dim::Fixed(n) => *n as usize,
+                    Dim::Named(_) => 1,
+                })
+                .collect();
+            ArrayF32 {
+                data: vec![0.0; shape.iter().product()],
+                shape,
+            }
         })
-        .collect();
-    Some(ArrayF32 {
-        data: vec![0.0; shape.iter().product()],
-        shape,
-    })
+        .collect()
 }
 
 pub fn load(config: &Config, metrics: &Metrics) -> Result<Option<LoadedModels>, String> {
@@ -67,9 +76,9 @@ pub fn load(config: &Config, metrics: &Metrics) -> Result<Option<LoadedModels>, 
     for spec in &bundle.manifest.models {
         let started = Instant::now();
         let model = Model::load(runtime, &bundle, &spec.name, &options).map_err(|e| e.to_string())?;
-        if let Some(input) = warmup_input(&bundle, &model) {
-            model.run(vec![input]).map_err(|e| e.to_string())?;
-        }
+        model
+            .run(warmup_inputs(&bundle, &model))
+            .map_err(|e| format!("warming up {}: {e}", spec.name))?;
         let seconds = started.elapsed().as_secs_f64();
         metrics
             .model_ready_seconds

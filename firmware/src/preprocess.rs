@@ -43,16 +43,32 @@ pub struct Stack {
     pub sop_instance_uids: Vec<String>,
     pub instance_numbers: Vec<Option<i32>>,
     pub frames: Vec<u32>,
+    pub sop_class_uids: Vec<String>,
+    /// Rows and columns of the stack's images.
+    pub rows: usize,
+    pub cols: usize,
+    /// Geometry for derived objects (SEG): orientation, per-slice position,
+    /// pixel spacing and slice thickness from the headers.
+    pub orientation: [f64; 6],
+    pub positions: Vec<[f64; 3]>,
+    pub pixel_spacing: Option<[f64; 2]>,
+    pub slice_thickness: Option<f64>,
 }
 
 /// Decodes and preprocesses every series among `files`; files that are not
 /// images with geometry are passed over.
 pub fn stacks(files: &[PathBuf], spec: &PreprocessSpec, rules: &Rules) -> anyhow::Result<Vec<Stack>> {
     let mut series: BTreeMap<String, (String, String, Vec<Placed>)> = BTreeMap::new();
+    let mut sop_classes: BTreeMap<String, String> = BTreeMap::new();
+    let mut spacing: BTreeMap<String, (Option<[f64; 2]>, Option<f64>)> = BTreeMap::new();
     for f in files {
         let Ok(h) = read_header(f) else { continue };
         let Some(orientation) = h.orientation else { continue };
         let family = rules.family(&h).as_str().to_string();
+        sop_classes.insert(h.sop_instance_uid.clone(), h.sop_class_uid.clone());
+        spacing
+            .entry(h.series_instance_uid.clone())
+            .or_insert((h.pixel_spacing, h.slice_thickness_mm));
         let entry = series
             .entry(h.series_instance_uid.clone())
             .or_insert_with(|| (h.series_description.clone(), family, Vec::new()));
@@ -86,7 +102,20 @@ pub fn stacks(files: &[PathBuf], spec: &PreprocessSpec, rules: &Rules) -> anyhow
             }
             let views: Vec<_> = decoded.iter().map(|d| d.as_slice()).collect();
             let data = preprocess(&views, spec)?;
+            let (rows, cols) = decoded.first().map(|d| (d.rows, d.cols)).unwrap_or((0, 0));
+            let (pixel_spacing, slice_thickness) = spacing.get(&uid).copied().unwrap_or((None, None));
             out.push(Stack {
+                rows,
+                cols,
+                orientation: stack.orientation,
+                positions: stack.slices.iter().map(|s| s.position).collect(),
+                pixel_spacing,
+                slice_thickness,
+                sop_class_uids: stack
+                    .slices
+                    .iter()
+                    .map(|s| sop_classes.get(&s.sop_instance_uid).cloned().unwrap_or_default())
+                    .collect(),
                 series_instance_uid: uid.clone(),
                 series_description: description.clone(),
                 family: family.clone(),

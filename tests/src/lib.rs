@@ -101,6 +101,8 @@ pub struct Opts {
     pub watermark_percent: f64,
     pub accept_unknown_region: bool,
     pub read_timeout: u64,
+    /// `[engine] bundle`: with a SpineFM bundle the daemon reports studies.
+    pub bundle: Option<PathBuf>,
 }
 
 impl Default for Opts {
@@ -113,6 +115,7 @@ impl Default for Opts {
             watermark_percent: 100.0,
             accept_unknown_region: false,
             read_timeout: 30,
+            bundle: None,
         }
     }
 }
@@ -139,6 +142,11 @@ impl Daemon {
         d
     }
 
+    /// Rewrites the configuration (takes effect at the next `spawn`).
+    pub fn reconfigure(&self, o: &Opts) {
+        self.write_config(o);
+    }
+
     fn write_config(&self, o: &Opts) {
         let mut t = spineagent::config::DEFAULT_CONFIG_TOML.to_string();
         t = set_toml(&t, "listen", &format!("\"127.0.0.1:{}\"", self.port));
@@ -156,6 +164,9 @@ impl Daemon {
         t = set_toml(&t, "shutdown_grace_seconds", "5");
         let allowed: Vec<String> = o.allowed_calling.iter().map(|a| format!("\"{a}\"")).collect();
         t = set_toml(&t, "allowed_calling_ae_titles", &format!("[{}]", allowed.join(", ")));
+        if let Some(b) = &o.bundle {
+            t = set_toml(&t, "bundle", &format!("\"{}\"", b.display()));
+        }
         std::fs::write(self.config_path(), t).unwrap();
     }
 

@@ -51,6 +51,23 @@ CONDITIONS = [
     "lipomatosis", "marrow_lesion", "compression_fracture", "disc_height_loss",
     "subarticular_stenosis", "synovial_cyst", "disc_degeneration", "cord_signal",
 ]  # fmt: skip
+# Where each condition is reported: at a disc level or a vertebra.
+CONDITION_KINDS = {
+    "canal_stenosis": "disc", "pars_defect": "vertebra", "cord_compression": "disc",
+    "marrow_edema": "vertebra", "inflammation": "disc", "foraminal_stenosis": "disc",
+    "spondylolisthesis": "disc", "perineural_cyst": "vertebra", "herniation": "disc",
+    "hemangioma": "vertebra", "lipomatosis": "disc", "marrow_lesion": "vertebra",
+    "compression_fracture": "vertebra", "disc_height_loss": "disc", "subarticular_stenosis": "disc",
+    "synovial_cyst": "disc", "disc_degeneration": "disc", "cord_signal": "disc",
+}  # fmt: skip
+
+
+def valid_positions(condition: str):
+    """Boolean mask over POSITIONS where the condition can be reported."""
+    want_disc = CONDITION_KINDS[condition] == "disc"
+    return [("-" in p) == want_disc for p in POSITIONS]
+
+
 SIDES = ["left", "right", "both_or_central"]
 SEVERITIES = ["mild", "moderate", "severe"]
 

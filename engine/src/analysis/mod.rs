@@ -53,6 +53,9 @@ pub struct SeriesInput {
     pub pixels: ArrayF32,
     /// SOP Instance UID of each slice (key-slice references).
     pub sop_instance_uids: Vec<String>,
+    /// The source images' matrix (maps mask cells back to pixels).
+    pub rows: usize,
+    pub cols: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -73,6 +76,11 @@ pub struct SeriesAnalysis {
     pub attention: Vec<f32>,
     /// The most attended slice (index, SOP Instance UID).
     pub key_slice: (usize, String),
+    pub rows: usize,
+    pub cols: usize,
+    /// SOP Instance UID of each slice, in stack order.
+    #[serde(skip)]
+    pub sop_instance_uids: Vec<String>,
     #[serde(skip)]
     pub embedding: Vec<f32>,
     /// Per-slice argmax masks at 32x32 (anatomy, lesion), for SEG output.
@@ -127,6 +135,9 @@ pub struct StudyAnalysis {
     /// Presence probability per covered position and condition.
     pub probabilities: Vec<(String, String, f32)>,
     pub structured_tokens: String,
+    /// Wall time of the analysis (decode and preprocessing included when the
+    /// caller measures them; see `spineagent analyze`).
+    pub seconds: f64,
 }
 
 #[derive(serde::Deserialize)]
@@ -159,6 +170,8 @@ struct Labels {
     levels: Vec<String>,
     positions: Vec<String>,
     conditions: Vec<String>,
+    /// "disc" or "vertebra" per condition: where it can be reported.
+    condition_kinds: Vec<String>,
     sides: Vec<String>,
     severities: Vec<String>,
     graded: Vec<String>,
@@ -196,6 +209,7 @@ impl SpineModels {
             levels: l("levels")?,
             positions: l("positions")?,
             conditions: l("conditions")?,
+            condition_kinds: l("condition_kinds")?,
             sides: l("sides")?,
             severities: l("severities")?,
             graded: l("graded")?,
@@ -412,6 +426,7 @@ impl SpineModels {
             patient_embedding: patient[0].data.clone(),
             probabilities,
             structured_tokens: String::new(),
+            seconds: 0.0,
         };
         analysis.structured_tokens = structured_tokens(&analysis);
         Ok(analysis)
@@ -459,6 +474,9 @@ impl SpineModels {
         let masks = self.masks(seg);
         Ok(SeriesAnalysis {
             key_slice: (key, input.sop_instance_uids.get(key).cloned().unwrap_or_default()),
+            rows: input.rows,
+            cols: input.cols,
+            sop_instance_uids: input.sop_instance_uids.clone(),
             series_instance_uid: input.series_instance_uid,
             description: input.description,
             family: input.family,
@@ -515,7 +533,11 @@ impl SpineModels {
         let mut findings = Vec::new();
         let mut probabilities = Vec::new();
         for &p in covered {
+            let is_disc = lb.positions[p].contains('-');
             for c in 0..nc {
+                if (lb.condition_kinds.get(c).map(String::as_str) == Some("disc")) != is_disc {
+                    continue; // a disc condition at a vertebra, or the reverse
+                }
                 let prob = presence[p * nc + c];
                 probabilities.push((lb.positions[p].clone(), lb.conditions[c].clone(), prob));
                 if prob < threshold {

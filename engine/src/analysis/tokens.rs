@@ -110,6 +110,7 @@ mod tests {
                 ("L4-L5".into(), "hemangioma".into(), 0.1),
             ],
             structured_tokens: String::new(),
+            seconds: 0.0,
         };
         let t = structured_tokens(&a);
         assert!(t.starts_with("<classification>{"), "{t}");

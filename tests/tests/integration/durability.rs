@@ -2,7 +2,6 @@
 //! resend; SIGKILL before a study completes, restart, it completes.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use spineagent_tests::*;

@@ -1,6 +1,7 @@
 //! Integration tests: the `spineagent` binary against real peers (DCMTK)
 //! and real MR files. One test binary, modules by topic.
 
+mod analysis;
 mod assembly;
 mod durability;
 mod malformed;

@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""The peer for bench/analyze.sh: the same analysis written with the tools
+a user would otherwise pick (pydicom + numpy preprocessing, Python
+onnxruntime running the bundle's seven ONNX files in the same order as
+engine/src/analysis/mod.rs). It also serves as an independent check of the
+Rust orchestration: it prints its presence probabilities so the script can
+compare them with `spineagent analyze --json`.
+
+    analyze_reference.py BUNDLE_DIR FAMILIES_JSON THREADS FILE...
+FAMILIES_JSON maps SeriesInstanceUID -> [family, plane] (from the Rust run,
+so both sides analyze the same stacks). Prints one JSON object.
+"""
+import json
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).parent))
+from engine_reference import preprocess  # noqa: E402
+
+
+def sessions(bundle, threads):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    manifest = tomllib.loads((bundle / "bundle.toml").read_text())
+    return manifest, {
+        m["name"]: ort.InferenceSession(str(bundle / m["file"]), opts, providers=["CPUExecutionProvider"])
+        for m in manifest["model"]
+    }
+
+
+def stacks(files, families):
+    import pydicom
+
+    groups = {}
+    for f in files:
+        ds = pydicom.dcmread(f)
+        uid = ds.SeriesInstanceUID
+        if uid not in families:
+            continue
+        cos = np.array(ds.ImageOrientationPatient, dtype=float)
+        normal = np.cross(cos[:3], cos[3:])
+        key = (uid, tuple(np.round(normal, 2)))
+        pos = float(np.dot(np.array(ds.ImagePositionPatient, dtype=float), normal))
+        inv = ds.get("PhotometricInterpretation", "") == "MONOCHROME1"
+        groups.setdefault(key, []).append((pos, ds.pixel_array.astype(np.int32), inv))
+    out = []
+    for (uid, _), slices in groups.items():
+        slices.sort(key=lambda s: s[0])
+        out.append((uid, slices))
+    return out
+
+
+def analyze(bundle, families, threads, files):
+    manifest, s = sessions(bundle, threads)
+    pp = manifest["preprocess"]
+    labels = manifest["labels"]
+    slots, levels = labels["slots"], labels["levels"]
+    synth = labels["synthesizer_families"]
+    started = time.perf_counter()
+    slot_sum = np.zeros((len(slots), len(levels), 128), np.float32)
+    slot_mass = np.zeros((len(slots), len(levels)), np.float32)
+    series_embs, series_slots = [], []
+    for uid, slices in stacks(files, families):
+        family, plane = families[uid]
+        x = np.stack([preprocess(a, inv, pp["resize"], pp["crop"], pp["low_percentile"], pp["high_percentile"],
+                                 pp["mean"], pp["std"]) for _, a, inv in slices]).astype(np.float32)
+        if family in ("t1", "t2"):
+            cls, patches = s[f"encoder_{family}"].run(None, {"pixels": x})
+        else:
+            onehot = np.zeros((len(x), len(synth)), np.float32)
+            onehot[:, synth.index(family)] = 1
+            cls, patches = s["synthesizer"].run(None, {"pixels": x, "family": onehot})
+        rec = cls if family == "t2" else s["encoder_t2"].run(None, {"pixels": x})[0]
+        seg, _ = s["slice_agents"].run(None, {"patches": patches, "rec_cls": rec})
+        emb, _, feats, mass = s["series_pool"].run(None, {"cls": cls, "patches": patches, "segmentation": seg})
+        name = ("sagittal_t1" if family == "t1" else "sagittal_t2" if family == "t2" else "sagittal_other") \
+            if plane == "sagittal" else ("axial_t2" if family == "t2" else "axial_other")
+        k = slots.index(name)
+        slot_sum[k] += feats * mass[:, None]
+        slot_mass[k] += mass
+        series_embs.append(emb)
+        series_slots.append(k)
+    lf = (slot_sum / (slot_mass[..., None] + 1e-3))[None].astype(np.float32)
+    sm = (slot_mass.sum(-1) > 0).astype(np.float32)[None]
+    n = len(series_embs)
+    onehot = np.zeros((1, n, len(slots)), np.float32)
+    onehot[0, np.arange(n), series_slots] = 1
+    s["patient"].run(None, {"series": np.stack(series_embs)[None].astype(np.float32), "slots": onehot,
+                            "mask": np.ones((1, n), np.float32)})
+    presence = s["conditions"].run(None, {"level_features": lf, "slot_mask": sm})[0][0]
+    seconds = time.perf_counter() - started
+    return seconds, presence, labels
+
+
+def main():
+    bundle, families, threads = Path(sys.argv[1]), json.loads(Path(sys.argv[2]).read_text()), int(sys.argv[3])
+    files = sys.argv[4:]
+    seconds, presence, labels = analyze(bundle, families, threads, files)
+    probs = {f"{p}|{c}": float(presence[i, j]) for i, p in enumerate(labels["positions"])
+             for j, c in enumerate(labels["conditions"])}
+    print(json.dumps({"seconds": seconds, "probabilities": probs}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+//! The daemon's analysis stage: each completed study is analyzed by the
+//! model bundle and its report (analysis.json, report.txt, the DICOM SR)
+//! is written to `spool/reports/<study>/`: first into a temporary directory,
+//! then renamed, so a report directory is whole or absent. At start the
+//! stage looks for completed studies without a report (the daemon was
+//! stopped or killed in between) and analyzes them first.
+//!
+//! The analysis runs on the blocking pool (it is CPU work); one study at a
+//! time, so the models' threads are not oversubscribed. Urgent findings are
+//! logged as an event and counted by category.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use spineagent_engine::analysis::SpineModels;
+use spineagent_engine::report::Triage;
+use spineagent_engine::report::codes::Codes;
+use tokio::sync::{mpsc, watch};
+
+use crate::analyze::{analyze_files, write_outputs};
+use crate::assemble::AssemblyEvent;
+use crate::metrics::Metrics;
+
+pub struct ReportStage {
+    pub models: Arc<SpineModels>,
+    pub spool: PathBuf,
+    pub triage: Triage,
+    pub codes: Codes,
+    pub threshold: f32,
+    pub metrics: Arc<Metrics>,
+}
+
+fn reports_dir(spool: &Path) -> PathBuf {
+    spool.join("reports")
+}
+
+/// Completed studies (study.json present) that have no report yet.
+fn unreported(spool: &Path) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(spool.join("studies")) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let dir = e.path();
+        let uid = e.file_name().to_string_lossy().into_owned();
+        if dir.join("study.json").exists() && !reports_dir(spool).join(&uid).exists() {
+            out.push((uid, dir));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn dicom_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for series in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if series.path().is_dir() {
+            for f in std::fs::read_dir(series.path()).into_iter().flatten().flatten() {
+                if f.path().extension().is_some_and(|x| x == "dcm") {
+                    files.push(f.path());
+                }
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+impl ReportStage {
+    /// Analyzes one study and writes its report directory atomically.
+    fn report(&self, uid: &str, study_dir: &Path) -> anyhow::Result<spineagent_engine::report::Report> {
+        let files = dicom_files(study_dir);
+        let analyzed = analyze_files(&self.models, &files, self.threshold)?;
+        let root = reports_dir(&self.spool);
+        std::fs::create_dir_all(&root)?;
+        let tmp = root.join(format!(".tmp-{uid}"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let report = write_outputs(&self.models, &analyzed, &tmp, &self.triage, &self.codes)?;
+        for f in std::fs::read_dir(&tmp)?.flatten() {
+            std::fs::File::open(f.path())?.sync_all()?;
+        }
+        std::fs::rename(&tmp, root.join(uid))?;
+        std::fs::File::open(&root)?.sync_all()?;
+        Ok(report)
+    }
+
+    async fn handle(self: &Arc<Self>, uid: String, dir: PathBuf) {
+        if reports_dir(&self.spool).join(&uid).exists() {
+            // Reported before (a late instance reopened and re-completed the
+            // study, or the start-up scan got there first).
+            tracing::info!(study = %uid, "report exists: not analyzed again");
+            return;
+        }
+        let stage = self.clone();
+        let started = Instant::now();
+        let task_uid = uid.clone();
+        let result = tokio::task::spawn_blocking(move || stage.report(&task_uid, &dir)).await;
+        let seconds = started.elapsed().as_secs_f64();
+        match result {
+            Ok(Ok(report)) => {
+                let category = report.category;
+                self.metrics.report_seconds.observe(seconds);
+                self.metrics.reports_total.with_label_values(&[category.as_str()]).inc();
+                if (category as u8) < 3 {
+                    tracing::warn!(
+                        study = %uid,
+                        category = category as u8,
+                        urgency = category.as_str(),
+                        "URGENT study: report flagged for communication"
+                    );
+                }
+                tracing::info!(study = %uid, seconds, category = category as u8, "report written");
+            }
+            Ok(Err(e)) => {
+                self.metrics.report_failures_total.inc();
+                tracing::error!(study = %uid, "no report: {e:#}");
+            }
+            Err(e) => {
+                self.metrics.report_failures_total.inc();
+                tracing::error!(study = %uid, "analysis task failed: {e}");
+            }
+        }
+    }
+
+    pub async fn run(self, mut events: mpsc::Receiver<AssemblyEvent>, mut shutdown: watch::Receiver<bool>) {
+        let stage = Arc::new(self);
+        for (uid, dir) in unreported(&stage.spool) {
+            tracing::info!(study = %uid, "completed study without a report: analyzing");
+            stage.handle(uid, dir).await;
+        }
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(AssemblyEvent::StudyComplete(study)) => {
+                        if study.usable_series().next().is_none() {
+                            stage.metrics.report_failures_total.inc();
+                            tracing::warn!(study = %study.study_instance_uid, "no series the models can use: no report");
+                            continue;
+                        }
+                        stage.handle(study.study_instance_uid.clone(), study.dir.clone()).await;
+                    }
+                    Some(AssemblyEvent::SeriesComplete(_)) => {}
+                    None => break,
+                },
+                _ = shutdown.changed() => break,
+            }
+        }
+    }
+}
