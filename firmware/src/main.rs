@@ -564,7 +564,7 @@ fn report_stage(
     let models = spineagent_engine::analysis::SpineModels::load(&dir, &options)?;
     Ok(Some(spineagent::pipeline::ReportStage {
         models: std::sync::Arc::new(models),
-        spool: cfg.spool.dir.clone(),
+        spool: cfg.spool_dir(),
         triage: spineagent_engine::report::Triage::builtin(),
         codes: spineagent_engine::report::codes::Codes::builtin(),
         threshold: spineagent_engine::analysis::DEFAULT_THRESHOLD,

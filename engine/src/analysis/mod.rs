@@ -38,8 +38,9 @@ const CHUNK: usize = 16;
 /// Findings at or above this probability are reported.
 pub const DEFAULT_THRESHOLD: f32 = 0.5;
 /// A level position is answered only where the level segmentation found
-/// both of its vertebrae in at least this many patches (over all series).
-const MIN_LEVEL_MASS: f32 = 2.0;
+/// both of its vertebrae with at least this fraction of the best-covered
+/// vertebra's mass (soft masses: every level gets a little from the tails).
+const MIN_LEVEL_SHARE: f32 = 0.2;
 
 /// One preprocessed series stack, classified from its tags.
 pub struct SeriesInput {
@@ -402,6 +403,7 @@ impl SpineModels {
         let level_total: Vec<f32> = (0..n_levels)
             .map(|v| (0..n_slots).map(|s| slot_mass[s * n_levels + v]).sum())
             .collect();
+        let best = level_total.iter().skip(1).copied().fold(0f32, f32::max);
         let covered: Vec<usize> = (0..lb.positions.len())
             .filter(|&p| {
                 let parts: Vec<&str> = lb.positions[p].split('-').collect();
@@ -409,7 +411,7 @@ impl SpineModels {
                     lb.levels
                         .iter()
                         .position(|l| l == v)
-                        .is_some_and(|i| i > 0 && level_total[i] >= MIN_LEVEL_MASS)
+                        .is_some_and(|i| i > 0 && level_total[i] >= MIN_LEVEL_SHARE * best)
                 })
             })
             .collect();
