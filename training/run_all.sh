@@ -29,4 +29,5 @@ wait
 "$PY" train_agents.py --cache "../$WORK/cache.pt" --t1 "../$WORK/enc_t1_ft.pt" --t2 "../$WORK/enc_t2_ft.pt" \
   --out "../$WORK/agents.pt" --synth-minutes 3 --agent-minutes 10 --ablation-minutes 10
 "$PY" export.py --work "../$WORK" --out ../models/spinefm-tiny
+"$PY" calibrate.py --work "../$WORK" --bundle ../models/spinefm-tiny
 "$PY" evaluate.py --work "../$WORK" --out ../models/spinefm-tiny/EVALUATION.md

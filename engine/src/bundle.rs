@@ -133,6 +133,9 @@ pub struct Manifest {
     /// Other data the stages need (retrieval index, report texts), hashed.
     #[serde(default)]
     pub files: BTreeMap<String, FileRef>,
+    /// Reporting threshold per condition (chosen on validation data).
+    #[serde(default)]
+    pub thresholds: BTreeMap<String, f32>,
 }
 
 /// An opened, hash-verified bundle.

@@ -61,14 +61,14 @@ pub fn load_and_analyze(
     files: &[PathBuf],
     bundle: &Path,
     options: &SessionOptions,
-    threshold: f32,
+    threshold: Option<f32>,
 ) -> anyhow::Result<(SpineModels, Analyzed)> {
     let models = SpineModels::load(bundle, options)?;
     let analyzed = analyze_files(&models, files, threshold)?;
     Ok((models, analyzed))
 }
 
-pub fn analyze_files(models: &SpineModels, files: &[PathBuf], threshold: f32) -> anyhow::Result<Analyzed> {
+pub fn analyze_files(models: &SpineModels, files: &[PathBuf], threshold: Option<f32>) -> anyhow::Result<Analyzed> {
     let started = std::time::Instant::now();
     let rules = Rules::builtin();
     let stacks = crate::preprocess::stacks(files, &models.bundle.manifest.preprocess, &rules)?;

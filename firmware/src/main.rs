@@ -73,9 +73,10 @@ enum Command {
         /// Print the whole analysis as JSON.
         #[arg(long)]
         json: bool,
-        /// Findings at or above this probability are reported.
-        #[arg(long, default_value_t = spineagent_engine::analysis::DEFAULT_THRESHOLD)]
-        threshold: f32,
+        /// Report findings at or above this probability (default: the
+        /// bundle's per-condition thresholds).
+        #[arg(long)]
+        threshold: Option<f32>,
         /// Intra-op threads per model (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
@@ -567,7 +568,7 @@ fn report_stage(
         spool: cfg.spool_dir(),
         triage: spineagent_engine::report::Triage::builtin(),
         codes: spineagent_engine::report::codes::Codes::builtin(),
-        threshold: spineagent_engine::analysis::DEFAULT_THRESHOLD,
+        threshold: None,
         metrics,
     }))
 }

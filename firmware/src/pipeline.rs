@@ -27,7 +27,8 @@ pub struct ReportStage {
     pub spool: PathBuf,
     pub triage: Triage,
     pub codes: Codes,
-    pub threshold: f32,
+    /// None = the bundle's per-condition thresholds.
+    pub threshold: Option<f32>,
     pub metrics: Arc<Metrics>,
 }
 

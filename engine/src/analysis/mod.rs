@@ -297,7 +297,10 @@ impl SpineModels {
         Ok([cls, patches])
     }
 
-    pub fn analyze(&self, series: Vec<SeriesInput>, threshold: f32) -> Result<StudyAnalysis, AnalysisError> {
+    /// `threshold`: one reporting threshold for every condition, or None for
+    /// the bundle's per-condition thresholds (`[thresholds]`, else
+    /// [`DEFAULT_THRESHOLD`]).
+    pub fn analyze(&self, series: Vec<SeriesInput>, threshold: Option<f32>) -> Result<StudyAnalysis, AnalysisError> {
         let lb = &self.labels;
         let (n_slots, n_levels) = (lb.slots.len(), lb.levels.len());
         let mut width = 0;
@@ -526,7 +529,7 @@ impl SpineModels {
         &self,
         out: &[ArrayF32],
         covered: &[usize],
-        threshold: f32,
+        threshold: Option<f32>,
     ) -> (Vec<Finding>, Vec<(String, String, f32)>, Vec<GradedLevel>) {
         let lb = &self.labels;
         let nc = lb.conditions.len();
@@ -542,7 +545,15 @@ impl SpineModels {
                 }
                 let prob = presence[p * nc + c];
                 probabilities.push((lb.positions[p].clone(), lb.conditions[c].clone(), prob));
-                if prob < threshold {
+                let cut = threshold.unwrap_or_else(|| {
+                    self.bundle
+                        .manifest
+                        .thresholds
+                        .get(&lb.conditions[c])
+                        .copied()
+                        .unwrap_or(DEFAULT_THRESHOLD)
+                });
+                if prob < cut {
                     continue;
                 }
                 let at = (p * nc + c) * 3;
