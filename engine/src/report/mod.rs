@@ -3,6 +3,7 @@
 
 pub mod codes;
 pub mod compose;
+mod elements;
 pub mod seg;
 pub mod sr;
 pub mod triage;

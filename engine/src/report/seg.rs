@@ -4,19 +4,17 @@
 //! geometry (the 32 x 32 mask cells mapped back through the preprocessing
 //! geometry to the source pixel grid) and referencing that slice.
 
-use dicom_core::value::DataSetSequence;
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
-use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 use spineagent_kernels::PreprocessSpec;
 
 use super::codes::{Code, LOCAL_SCHEME, code};
-use super::sr::{IMPLEMENTATION_CLASS_UID, SourceImage};
+use super::elements::{PATIENT_AND_STUDY, code_item, copy, el, file_meta, seq};
+use super::sr::SourceImage;
 use crate::analysis::SliceMasks;
 
 pub const SEGMENTATION_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.66.4";
-const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
 
 /// One source slice of the segmented series.
 #[derive(Debug, Clone)]
@@ -54,22 +52,6 @@ pub enum SegError {
     Empty(&'static str),
     #[error("building the SEG file meta: {0}")]
     Meta(String),
-}
-
-fn el(tag: Tag, vr: VR, value: impl Into<PrimitiveValue>) -> DataElement<InMemDicomObject> {
-    DataElement::new(tag, vr, value.into())
-}
-
-fn seq(tag: Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemDicomObject> {
-    DataElement::new(tag, VR::SQ, DataSetSequence::from(items))
-}
-
-fn code_item(c: &Code) -> InMemDicomObject {
-    InMemDicomObject::from_element_iter([
-        el(tags::CODE_VALUE, VR::SH, c.value.as_str()),
-        el(tags::CODING_SCHEME_DESIGNATOR, VR::SH, c.scheme.as_str()),
-        el(tags::CODE_MEANING, VR::LO, c.meaning.as_str()),
-    ])
 }
 
 fn ds(values: &[f64]) -> String {
@@ -304,38 +286,10 @@ pub fn build_seg(input: &SegInput) -> Result<FileDicomObject<InMemDicomObject>, 
         seq(tags::REFERENCED_SERIES_SEQUENCE, vec![referenced]),
         DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::U8(bits.into())),
     ];
-    for (tag, vr) in [
-        (tags::PATIENT_NAME, VR::PN),
-        (tags::PATIENT_ID, VR::LO),
-        (tags::PATIENT_BIRTH_DATE, VR::DA),
-        (tags::PATIENT_SEX, VR::CS),
-        (tags::STUDY_INSTANCE_UID, VR::UI),
-        (tags::STUDY_DATE, VR::DA),
-        (tags::STUDY_TIME, VR::TM),
-        (tags::REFERRING_PHYSICIAN_NAME, VR::PN),
-        (tags::STUDY_ID, VR::SH),
-        (tags::ACCESSION_NUMBER, VR::SH),
-        (tags::STUDY_DESCRIPTION, VR::LO),
-        (tags::FRAME_OF_REFERENCE_UID, VR::UI),
-    ] {
-        let value = input
-            .source
-            .element(tag)
-            .ok()
-            .and_then(|e| e.to_str().ok().map(|s| s.trim_end_matches(['\0', ' ']).to_string()))
-            .unwrap_or_default();
-        e.push(el(tag, vr, value));
-    }
-    let obj = InMemDicomObject::from_element_iter(e);
-    let meta = FileMetaTableBuilder::new()
-        .media_storage_sop_class_uid(SEGMENTATION_STORAGE)
-        .media_storage_sop_instance_uid(input.sop_instance_uid.as_str())
-        .transfer_syntax(EXPLICIT_VR_LE)
-        .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
-        .implementation_version_name("SPINEAGENT")
-        .build()
-        .map_err(|e| SegError::Meta(e.to_string()))?;
-    Ok(obj.with_exact_meta(meta))
+    copy(input.source, &mut e, PATIENT_AND_STUDY);
+    copy(input.source, &mut e, &[(tags::FRAME_OF_REFERENCE_UID, VR::UI)]);
+    let meta = file_meta(SEGMENTATION_STORAGE, &input.sop_instance_uid).map_err(SegError::Meta)?;
+    Ok(InMemDicomObject::from_element_iter(e).with_exact_meta(meta))
 }
 
 fn per_frame_item(segment: usize, slice_index: usize, slice: &SegSlice) -> InMemDicomObject {

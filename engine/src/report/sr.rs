@@ -8,18 +8,16 @@
 //! instance; UIDs are given by the caller (so a retry resends the same
 //! object).
 
-use dicom_core::value::DataSetSequence;
-use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
-use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 
 use super::codes::{Code, Codes, LOCAL_SCHEME, code};
 use super::compose::Report;
+use super::elements::{PATIENT_AND_STUDY, code_item, copy, el, file_meta, seq};
 use crate::analysis::Finding;
 
 pub const COMPREHENSIVE_3D_SR: &str = "1.2.840.10008.5.1.4.1.1.88.34";
-const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
 pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.203766255250399777493205363430923222334";
 
 /// One source image the report rests on.
@@ -71,22 +69,6 @@ pub struct SrInput<'a> {
 pub enum SrError {
     #[error("building the SR file meta: {0}")]
     Meta(String),
-}
-
-fn el(tag: Tag, vr: VR, value: impl Into<PrimitiveValue>) -> DataElement<InMemDicomObject> {
-    DataElement::new(tag, vr, value.into())
-}
-
-fn seq(tag: Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemDicomObject> {
-    DataElement::new(tag, VR::SQ, DataSetSequence::from(items))
-}
-
-fn code_item(c: &Code) -> InMemDicomObject {
-    InMemDicomObject::from_element_iter([
-        el(tags::CODE_VALUE, VR::SH, c.value.as_str()),
-        el(tags::CODING_SCHEME_DESIGNATOR, VR::SH, c.scheme.as_str()),
-        el(tags::CODE_MEANING, VR::LO, c.meaning.as_str()),
-    ])
 }
 
 /// A content item: relationship, value type, concept name, then the
@@ -204,18 +186,6 @@ fn scoord_point(relationship: &str, concept: &Code, key: &KeyImage) -> InMemDico
             &key.image,
         )],
     )
-}
-
-/// Copies `tags` from the source (empty when absent: the Type 2 rule).
-fn copy(source: &InMemDicomObject, out: &mut Vec<DataElement<InMemDicomObject>>, copied: &[(Tag, VR)]) {
-    for (tag, vr) in copied {
-        let value = source
-            .element(*tag)
-            .ok()
-            .and_then(|e| e.to_str().ok().map(|s| s.trim_end_matches(['\0', ' ']).to_string()))
-            .unwrap_or_default();
-        out.push(el(*tag, *vr, value));
-    }
 }
 
 fn measurement_group(f: &SrFinding, input: &SrInput) -> InMemDicomObject {
@@ -442,23 +412,7 @@ pub fn build_sr(input: &SrInput) -> Result<FileDicomObject<InMemDicomObject>, Sr
             ])],
         ),
     ];
-    copy(
-        input.source,
-        &mut e,
-        &[
-            (tags::PATIENT_NAME, VR::PN),
-            (tags::PATIENT_ID, VR::LO),
-            (tags::PATIENT_BIRTH_DATE, VR::DA),
-            (tags::PATIENT_SEX, VR::CS),
-            (tags::STUDY_INSTANCE_UID, VR::UI),
-            (tags::STUDY_DATE, VR::DA),
-            (tags::STUDY_TIME, VR::TM),
-            (tags::REFERRING_PHYSICIAN_NAME, VR::PN),
-            (tags::STUDY_ID, VR::SH),
-            (tags::ACCESSION_NUMBER, VR::SH),
-            (tags::STUDY_DESCRIPTION, VR::LO),
-        ],
-    );
+    copy(input.source, &mut e, PATIENT_AND_STUDY);
     let study_uid = input
         .source
         .element(tags::STUDY_INSTANCE_UID)
@@ -469,14 +423,6 @@ pub fn build_sr(input: &SrInput) -> Result<FileDicomObject<InMemDicomObject>, Sr
         tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE,
         vec![evidence(input, &study_uid)],
     ));
-    let obj = InMemDicomObject::from_element_iter(e);
-    let meta = FileMetaTableBuilder::new()
-        .media_storage_sop_class_uid(COMPREHENSIVE_3D_SR)
-        .media_storage_sop_instance_uid(input.sop_instance_uid.as_str())
-        .transfer_syntax(EXPLICIT_VR_LE)
-        .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
-        .implementation_version_name("SPINEAGENT")
-        .build()
-        .map_err(|e| SrError::Meta(e.to_string()))?;
-    Ok(obj.with_exact_meta(meta))
+    let meta = file_meta(COMPREHENSIVE_3D_SR, &input.sop_instance_uid).map_err(SrError::Meta)?;
+    Ok(InMemDicomObject::from_element_iter(e).with_exact_meta(meta))
 }
