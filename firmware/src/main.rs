@@ -545,24 +545,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// The report stage, when the configured bundle is a SpineFM bundle.
+/// The report stage, when the configured bundle is a SpineFM bundle; it
+/// runs on the models the daemon loaded and warmed up.
 fn report_stage(
     cfg: &Config,
+    loaded: Option<&spineagent::models::LoadedModels>,
     metrics: std::sync::Arc<spineagent::metrics::Metrics>,
 ) -> Result<Option<spineagent::pipeline::ReportStage>> {
-    let Some(dir) = cfg.engine_bundle() else {
+    let Some(loaded) = loaded else {
         return Ok(None);
     };
-    let bundle = spineagent_engine::Bundle::open(&dir)?;
-    if bundle.model("conditions").is_none() {
+    if loaded.bundle.model("conditions").is_none() {
         tracing::info!("bundle has no condition agents: studies are assembled, not reported");
         return Ok(None);
     }
-    let options = spineagent_engine::SessionOptions {
-        threads: cfg.engine.threads,
-        ..Default::default()
-    };
-    let models = spineagent_engine::analysis::SpineModels::load(&dir, &options)?;
+    let models = spineagent_engine::analysis::SpineModels::from_loaded(loaded.bundle.clone(), &loaded.models)?;
     Ok(Some(spineagent::pipeline::ReportStage {
         models: std::sync::Arc::new(models),
         spool: cfg.spool_dir(),
@@ -585,7 +582,7 @@ async fn serve(cfg: Config) -> Result<()> {
     });
     // With a model bundle configured, completed studies are analyzed and
     // reported; without one, the study summary is logged.
-    match report_stage(&cfg_for_stage, daemon.metrics())? {
+    match report_stage(&cfg_for_stage, daemon.models.as_deref(), daemon.metrics())? {
         Some(stage) => {
             tokio::spawn(stage.run(events, stop_rx.clone()));
         }

@@ -53,25 +53,12 @@ fn unreported(spool: &Path) -> Vec<(String, PathBuf)> {
     out
 }
 
-fn dicom_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for series in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if series.path().is_dir() {
-            for f in std::fs::read_dir(series.path()).into_iter().flatten().flatten() {
-                if f.path().extension().is_some_and(|x| x == "dcm") {
-                    files.push(f.path());
-                }
-            }
-        }
-    }
-    files.sort();
-    files
-}
-
 impl ReportStage {
     /// Analyzes one study and writes its report directory atomically.
     fn report(&self, uid: &str, study_dir: &Path) -> anyhow::Result<spineagent_engine::report::Report> {
-        let files = dicom_files(study_dir);
+        // Instances only: the study directory also holds the manifests.
+        let mut files = crate::scu::collect_files(&[study_dir.to_path_buf()])?;
+        files.retain(|f| f.extension().is_some_and(|x| x == "dcm"));
         let analyzed = analyze_files(&self.models, &files, self.threshold)?;
         let root = reports_dir(&self.spool);
         std::fs::create_dir_all(&root)?;

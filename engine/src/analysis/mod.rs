@@ -10,6 +10,7 @@
 mod tokens;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -150,13 +151,13 @@ struct ReferenceCase {
 /// The loaded bundle's models and tables.
 pub struct SpineModels {
     pub bundle: Bundle,
-    encoder_t1: Model,
-    encoder_t2: Model,
-    synthesizer: Model,
-    slice_agents: Model,
-    series_pool: Model,
-    patient: Model,
-    conditions: Model,
+    encoder_t1: Arc<Model>,
+    encoder_t2: Arc<Model>,
+    synthesizer: Arc<Model>,
+    slice_agents: Arc<Model>,
+    series_pool: Arc<Model>,
+    patient: Arc<Model>,
+    conditions: Arc<Model>,
     index: ArrayF32,
     cases: Vec<ReferenceCase>,
     labels: Labels,
@@ -196,10 +197,30 @@ fn softmax(v: &[f32]) -> Vec<f32> {
 }
 
 impl SpineModels {
+    /// Opens the bundle and loads its models.
     pub fn load(dir: &Path, options: &SessionOptions) -> Result<SpineModels, AnalysisError> {
         let bundle = Bundle::open(dir)?;
         let runtime = Runtime::global()?;
-        let load = |name: &str| Model::load(runtime, &bundle, name, options);
+        let models = bundle
+            .manifest
+            .models
+            .iter()
+            .map(|m| Model::load(runtime, &bundle, &m.name, options).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        SpineModels::from_loaded(bundle, &models)
+    }
+
+    /// Builds on models already loaded (the daemon's, loaded and warmed up
+    /// once at start), so no session is created twice.
+    pub fn from_loaded(bundle: Bundle, models: &[Arc<Model>]) -> Result<SpineModels, AnalysisError> {
+        let dir = bundle.dir.clone();
+        let load = |name: &str| {
+            models
+                .iter()
+                .find(|m| m.spec.name == name)
+                .cloned()
+                .ok_or_else(|| AnalysisError::Data(format!("{}: bundle has no model {name}", dir.display())))
+        };
         let l = |name: &str| bundle.labels(name).map(|v| v.to_vec());
         let labels = Labels {
             families: l("families")?,
