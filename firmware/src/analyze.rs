@@ -41,6 +41,8 @@ pub struct StackGeometry {
     pub pixel_spacing: Option<[f64; 2]>,
     pub slice_thickness: Option<f64>,
     pub first_file: PathBuf,
+    /// Each slice's file and frame (key-image PNGs decode them again).
+    pub slices: Vec<(PathBuf, u32)>,
 }
 
 /// An analyzed study and what the report outputs need besides the analysis.
@@ -87,7 +89,7 @@ pub fn analyze_files(models: &SpineModels, files: &[PathBuf], threshold: Option<
             skipped.push((s.series_description, format!("{} plane not used", s.plane.as_str())));
             continue;
         }
-        if !used(&s.family) {
+        if !used(&s.family) || !models.takes_family(&s.family) {
             skipped.push((s.series_description, format!("{} not used by the models", s.family)));
             continue;
         }
@@ -97,6 +99,7 @@ pub fn analyze_files(models: &SpineModels, files: &[PathBuf], threshold: Option<
             pixel_spacing: s.pixel_spacing,
             slice_thickness: s.slice_thickness,
             first_file: s.files.first().cloned().unwrap_or_default(),
+            slices: s.files.iter().cloned().zip(s.frames.iter().copied()).collect(),
         });
         images.push(
             s.sop_instance_uids
@@ -146,7 +149,8 @@ pub fn region(a: &StudyAnalysis) -> String {
         .unwrap_or_else(|| "lumbar".into())
 }
 
-/// Writes `analysis.json`, `report.txt` and `sr.dcm` into `out`; returns
+/// Writes `analysis.json`, `triage.json`, `report.txt`, `sr.dcm`,
+/// `seg.dcm` and one key-image PNG per located finding into `out`; returns
 /// the composed report.
 pub fn write_outputs(
     models: &SpineModels,
@@ -160,8 +164,14 @@ pub fn write_outputs(
     let report = compose(analysis, triage, &region(analysis));
     std::fs::write(out.join("analysis.json"), serde_json::to_vec_pretty(analysis)?)?;
     std::fs::write(out.join("report.txt"), report.text())?;
+    let triage_json = serde_json::json!({
+        "category": report.category as u8,
+        "urgency": report.category.as_str(),
+    });
+    std::fs::write(out.join("triage.json"), serde_json::to_vec_pretty(&triage_json)?)?;
     let source = spineagent_engine::structure::open_instance(&a.source_file).map_err(anyhow::Error::msg)?;
     let lesion = models.bundle.labels("lesion")?;
+    let levels = models.bundle.labels("levels")?;
     let spec = &models.bundle.manifest.preprocess;
     // Tracking UIDs derive from the study and the finding: the same finding
     // in a re-analysis of the same study keeps its UID.
@@ -174,7 +184,7 @@ pub fn write_outputs(
         .findings
         .iter()
         .map(|f| {
-            let key_image = locate(f, &analysis.series, lesion, spec).and_then(|l| {
+            let key_image = locate(f, &analysis.series, lesion, levels, spec).and_then(|l| {
                 Some(KeyImage {
                     image: a.images.get(l.series)?.get(l.slice)?.clone(),
                     point: l.point,
@@ -208,7 +218,43 @@ pub fn write_outputs(
     let sr = build_sr(&input)?;
     sr.write_to_file(out.join("sr.dcm")).context("writing sr.dcm")?;
     write_seg(models, a, out)?;
+    write_key_pngs(models, a, out, triage);
     Ok(report)
+}
+
+/// `key_<level>_<condition>.png` for each finding with a key image. A PNG
+/// that cannot be made is logged and skipped: it is a convenience, the SR
+/// carries the same reference.
+fn write_key_pngs(models: &SpineModels, a: &Analyzed, out: &Path, triage: &Triage) {
+    use spineagent_engine::report::key_png;
+    let analysis = &a.analysis;
+    let (Ok(lesion), Ok(levels)) = (models.bundle.labels("lesion"), models.bundle.labels("levels")) else {
+        return;
+    };
+    for f in &analysis.findings {
+        let Some(l) = locate(f, &analysis.series, lesion, levels, &models.bundle.manifest.preprocess) else {
+            continue;
+        };
+        let Some((file, frame)) = a.geometry.get(l.series).and_then(|g| g.slices.get(l.slice)) else {
+            continue;
+        };
+        let name = format!("key_{}_{}.png", f.level, f.condition).replace(['/', ' '], "_");
+        let made = spineagent_engine::decode::decode_file(file)
+            .map_err(|e| e.to_string())
+            .and_then(|frames| {
+                // Frame numbers are 1-based, as in DICOM.
+                let slice = frames.get((*frame as usize).wrapping_sub(1)).ok_or("frame missing")?;
+                // About 12 mm on a 0.6-1 mm grid: a ring around a disc level.
+                let radius = (slice.rows.min(slice.cols) as f32 / 20.0).max(4.0);
+                let colour = key_png::category_colour(triage.category(f) as u8);
+                let rgb = key_png::draw(slice, l.point, radius, colour);
+                key_png::encode_png(&rgb, slice.rows, slice.cols).map_err(|e| e.to_string())
+            })
+            .and_then(|png| std::fs::write(out.join(&name), png).map_err(|e| e.to_string()));
+        if let Err(e) = made {
+            tracing::warn!(finding = %name, "no key-image PNG: {e}");
+        }
+    }
 }
 
 /// The SEG of the series that best shows the anatomy (sagittal T2, else the

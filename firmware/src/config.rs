@@ -45,6 +45,12 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub engine: EngineConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    /// Where reports go (`[[destination]]` tables); none = reports stay in
+    /// the spool.
+    #[serde(default, rename = "destination")]
+    pub destinations: Vec<DestinationConfig>,
     /// Directory the file was read from; relative paths in the file resolve
     /// against it. Not a key of the file.
     #[serde(skip)]
@@ -108,6 +114,67 @@ pub struct SpoolConfig {
     /// Filesystem usage (percent) above which new associations are refused
     /// and C-STORE answers 0xA700 Out of Resources.
     pub disk_high_watermark_percent: f64,
+    /// Days a study (its instances and its report) is kept after its report
+    /// reached every destination (or was written, when none is configured).
+    /// 0 = kept until removed by hand. Dead-lettered reports are never
+    /// removed: they need a person.
+    #[serde(default)]
+    pub retention_days: f64,
+}
+
+/// How reports are delivered (C-STORE of the SR and SEG).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// First retry after a transient failure (seconds); doubles each time.
+    #[serde(default = "default_retry_initial")]
+    pub retry_initial_seconds: f64,
+    /// Longest wait between retries (seconds).
+    #[serde(default = "default_retry_max")]
+    pub retry_max_seconds: f64,
+    /// A report still failing this long after it was queued goes to the
+    /// dead-letter directory (hours).
+    #[serde(default = "default_give_up")]
+    pub give_up_after_hours: f64,
+    /// Connect, read and write timeout of one association (seconds).
+    #[serde(default = "default_delivery_timeout")]
+    pub timeout_seconds: u64,
+}
+
+fn default_retry_initial() -> f64 {
+    5.0
+}
+fn default_retry_max() -> f64 {
+    300.0
+}
+fn default_give_up() -> f64 {
+    72.0
+}
+fn default_delivery_timeout() -> u64 {
+    30
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            retry_initial_seconds: default_retry_initial(),
+            retry_max_seconds: default_retry_max(),
+            give_up_after_hours: default_give_up(),
+            timeout_seconds: default_delivery_timeout(),
+        }
+    }
+}
+
+/// A PACS (or any storage SCP) that receives every report.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// Short name: names its outbox directory and its metrics label.
+    pub name: String,
+    /// The destination's AE title (our calling title is `dicom.ae_title`).
+    pub ae_title: String,
+    /// HOST:PORT.
+    pub address: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -305,6 +372,52 @@ impl Config {
             }
         }
         positive("engine.threads", self.engine.threads as u64)?;
+        let r = self.spool.retention_days;
+        if !(r >= 0.0 && r.is_finite()) {
+            return Err(invalid("spool.retention_days", "must be a number >= 0"));
+        }
+        let d = &self.delivery;
+        if !(d.retry_initial_seconds > 0.0 && d.retry_initial_seconds.is_finite()) {
+            return Err(invalid("delivery.retry_initial_seconds", "must be a positive number"));
+        }
+        if !(d.retry_max_seconds >= d.retry_initial_seconds && d.retry_max_seconds.is_finite()) {
+            return Err(invalid(
+                "delivery.retry_max_seconds",
+                "must be a number at least delivery.retry_initial_seconds",
+            ));
+        }
+        if !(d.give_up_after_hours > 0.0 && d.give_up_after_hours.is_finite()) {
+            return Err(invalid("delivery.give_up_after_hours", "must be a positive number"));
+        }
+        positive("delivery.timeout_seconds", d.timeout_seconds)?;
+        for (i, dest) in self.destinations.iter().enumerate() {
+            let name_ok = !dest.name.is_empty()
+                && dest.name.len() <= 64
+                && dest
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !name_ok {
+                return Err(invalid(
+                    "destination.name",
+                    format!("{:?}: 1-64 characters of A-Z a-z 0-9 - _", dest.name),
+                ));
+            }
+            if self.destinations[..i].iter().any(|o| o.name == dest.name) {
+                return Err(invalid("destination.name", format!("{:?} appears twice", dest.name)));
+            }
+            validate_ae_title("destination.ae_title", &dest.ae_title)?;
+            let port_ok = dest
+                .address
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            if !port_ok {
+                return Err(invalid(
+                    "destination.address",
+                    format!("{:?}: expected HOST:PORT", dest.address),
+                ));
+            }
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", e.to_string()));
         }
@@ -391,6 +504,40 @@ mod tests {
         );
         let err = Config::from_toml_str(&text, Path::new("t.toml"), ".".into()).unwrap_err();
         assert!(err.to_string().contains("disk_high_watermark_percent"), "{err}");
+    }
+
+    #[test]
+    fn destinations_are_checked() {
+        let with = |table: &str| format!("{DEFAULT_CONFIG_TOML}\n{table}");
+        let ok = with("[[destination]]\nname = \"pacs\"\nae_title = \"PACS\"\naddress = \"10.0.0.5:104\"\n");
+        let c = Config::from_toml_str(&ok, Path::new("t.toml"), ".".into()).unwrap();
+        assert_eq!(c.destinations.len(), 1);
+        assert_eq!(c.destinations[0].address, "10.0.0.5:104");
+        for (bad, key) in [
+            (
+                "name = \"pacs\"\nae_title = \"PACS\"\naddress = \"10.0.0.5\"",
+                "destination.address",
+            ),
+            (
+                "name = \"p a\"\nae_title = \"PACS\"\naddress = \"h:104\"",
+                "destination.name",
+            ),
+            (
+                "name = \"p\"\nae_title = \"\"\naddress = \"h:104\"",
+                "destination.ae_title",
+            ),
+        ] {
+            let err = Config::from_toml_str(
+                &with(&format!("[[destination]]\n{bad}\n")),
+                Path::new("t.toml"),
+                ".".into(),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
+        }
+        let twice = format!("{ok}\n[[destination]]\nname = \"pacs\"\nae_title = \"B\"\naddress = \"h:1\"\n");
+        let err = Config::from_toml_str(&twice, Path::new("t.toml"), ".".into()).unwrap_err();
+        assert!(err.to_string().contains("twice"), "{err}");
     }
 
     #[test]

@@ -15,12 +15,18 @@
 //! 4. [`http`] serves `/metrics`, `/healthz` and `/readyz`; [`metrics`] holds
 //!    every metric. [`daemon`] wires it all from one [`config::Config`].
 //!
+//! 5. [`pipeline`] analyzes each completed study with the model bundle and
+//!    writes its report (`spool/reports/<study>/`: SR, SEG, text, JSON,
+//!    key-image PNGs); [`deliver`] sends SR and SEG to every destination
+//!    from a durable outbox; [`retention`] removes finished studies.
+//!
 //! [`scu`] is the sending side (`spineagent send`, report delivery).
 
 pub mod analyze;
 pub mod assemble;
 pub mod config;
 pub mod daemon;
+pub mod deliver;
 pub mod dimse;
 pub mod http;
 pub mod ingest;
@@ -28,6 +34,7 @@ pub mod metrics;
 pub mod models;
 pub mod pipeline;
 pub mod preprocess;
+pub mod retention;
 pub mod scu;
 pub mod spool;
 pub mod uid;

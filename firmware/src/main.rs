@@ -356,6 +356,15 @@ fn init_logging(format: &LogFormat, level: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        // A one-shot command piped into `head` should end quietly, as other
+        // command-line tools do, not panic on EPIPE. The daemon keeps Rust's
+        // SIGPIPE = ignore: a peer closing a socket must be an error value.
+        // SAFETY: called before any thread exists; SIG_DFL is a valid handler.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -551,6 +560,7 @@ fn report_stage(
     cfg: &Config,
     loaded: Option<&spineagent::models::LoadedModels>,
     metrics: std::sync::Arc<spineagent::metrics::Metrics>,
+    delivery: Option<std::sync::Arc<spineagent::deliver::Delivery>>,
 ) -> Result<Option<spineagent::pipeline::ReportStage>> {
     let Some(loaded) = loaded else {
         return Ok(None);
@@ -567,6 +577,7 @@ fn report_stage(
         codes: spineagent_engine::report::codes::Codes::builtin(),
         threshold: None,
         metrics,
+        delivery,
     }))
 }
 
@@ -580,9 +591,26 @@ async fn serve(cfg: Config) -> Result<()> {
         tracing::info!("shutdown requested");
         let _ = stop_tx.send(true);
     });
+    // Reports go to the configured destinations (also those left in the
+    // outbox by an earlier run, with or without a bundle now).
+    let delivery = if cfg_for_stage.destinations.is_empty() {
+        None
+    } else {
+        let delivery = spineagent::deliver::Delivery::new(&cfg_for_stage, daemon.metrics());
+        tokio::spawn(delivery.clone().run(stop_rx.clone()));
+        Some(delivery)
+    };
+    if cfg_for_stage.spool.retention_days > 0.0 {
+        let retention = spineagent::retention::Retention {
+            spool: cfg_for_stage.spool_dir(),
+            retention: std::time::Duration::from_secs_f64(cfg_for_stage.spool.retention_days * 86_400.0),
+            destinations: cfg_for_stage.destinations.iter().map(|d| d.name.clone()).collect(),
+        };
+        tokio::spawn(retention.run(stop_rx.clone()));
+    }
     // With a model bundle configured, completed studies are analyzed and
     // reported; without one, the study summary is logged.
-    match report_stage(&cfg_for_stage, daemon.models.as_deref(), daemon.metrics())? {
+    match report_stage(&cfg_for_stage, daemon.models.as_deref(), daemon.metrics(), delivery)? {
         Some(stage) => {
             tokio::spawn(stage.run(events, stop_rx.clone()));
         }

@@ -31,6 +31,10 @@ pub struct Metrics {
     pub reports_total: IntCounterVec,
     pub report_failures_total: IntCounter,
     pub report_seconds: Histogram,
+    pub studies_not_reported_total: IntCounterVec,
+    pub outbox_pending: IntGaugeVec,
+    pub delivery_attempts_total: IntCounterVec,
+    pub delivery_seconds: Histogram,
     pub model_ready_seconds: prometheus::GaugeVec,
     pub queue_capacity: IntGaugeVec,
 }
@@ -176,8 +180,38 @@ impl Metrics {
             report_failures_total: counter(
                 &r,
                 "spineagent_report_failures_total",
-                "Completed studies that got no report (no usable series, or the analysis failed)",
+                "Completed studies whose analysis failed (see the log)",
             ),
+            studies_not_reported_total: counter_vec(
+                &r,
+                "spineagent_studies_not_reported_total",
+                "Completed studies deliberately not reported, by reason (no_usable_series)",
+                &["reason"],
+            ),
+            outbox_pending: gauge_vec(
+                &r,
+                "spineagent_outbox_pending",
+                "Reports waiting for (or retrying) delivery, by destination",
+                &["destination"],
+            ),
+            delivery_attempts_total: counter_vec(
+                &r,
+                "spineagent_delivery_attempts_total",
+                "Report delivery attempts by destination and result (delivered, retry, dead_letter)",
+                &["destination", "result"],
+            ),
+            delivery_seconds: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "spineagent_delivery_seconds",
+                        "Time from a report being queued to its acknowledgement by the destination",
+                    )
+                    .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 600.0, 3600.0]),
+                )
+                .expect("valid metric");
+                r.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
             report_seconds: {
                 let h = Histogram::with_opts(
                     HistogramOpts::new(

@@ -7,7 +7,12 @@
 //!
 //! The analysis runs on the blocking pool (it is CPU work); one study at a
 //! time, so the models' threads are not oversubscribed. Urgent findings are
-//! logged as an event and counted by category.
+//! logged as an event and counted by category. A written report is queued
+//! for delivery ([`crate::deliver`]), most urgent first.
+//!
+//! A study that gets no report (no usable series, or the analysis failed)
+//! gets a marker `spool/no-report/<study>.txt` with the reason, so it is not
+//! retried at every start; deleting the marker retries it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::analyze::{analyze_files, write_outputs};
 use crate::assemble::AssemblyEvent;
+use crate::deliver::Delivery;
 use crate::metrics::Metrics;
 
 pub struct ReportStage {
@@ -30,10 +36,27 @@ pub struct ReportStage {
     /// None = the bundle's per-condition thresholds.
     pub threshold: Option<f32>,
     pub metrics: Arc<Metrics>,
+    /// None = no destinations: reports stay in the spool.
+    pub delivery: Option<Arc<Delivery>>,
 }
 
 fn reports_dir(spool: &Path) -> PathBuf {
     spool.join("reports")
+}
+
+fn no_report_marker(spool: &Path, uid: &str) -> PathBuf {
+    spool.join("no-report").join(format!("{uid}.txt"))
+}
+
+/// Records why a study got no report (best effort: without the marker the
+/// study is only tried again at the next start).
+fn mark_no_report(spool: &Path, uid: &str, reason: &str) {
+    let path = no_report_marker(spool, uid);
+    let written = std::fs::create_dir_all(path.parent().expect("marker has a parent"))
+        .and_then(|_| std::fs::write(&path, format!("{reason}\n")));
+    if let Err(e) = written {
+        tracing::warn!(study = %uid, "cannot write the no-report marker: {e}");
+    }
 }
 
 /// Completed studies (study.json present) that have no report yet.
@@ -45,7 +68,10 @@ fn unreported(spool: &Path) -> Vec<(String, PathBuf)> {
     for e in entries.flatten() {
         let dir = e.path();
         let uid = e.file_name().to_string_lossy().into_owned();
-        if dir.join("study.json").exists() && !reports_dir(spool).join(&uid).exists() {
+        if dir.join("study.json").exists()
+            && !reports_dir(spool).join(&uid).exists()
+            && !no_report_marker(spool, &uid).exists()
+        {
             out.push((uid, dir));
         }
     }
@@ -80,6 +106,10 @@ impl ReportStage {
             tracing::info!(study = %uid, "report exists: not analyzed again");
             return;
         }
+        if no_report_marker(&self.spool, &uid).exists() {
+            tracing::info!(study = %uid, "study was not reported before (spool/no-report): not analyzed again");
+            return;
+        }
         let stage = self.clone();
         let started = Instant::now();
         let task_uid = uid.clone();
@@ -99,14 +129,22 @@ impl ReportStage {
                     );
                 }
                 tracing::info!(study = %uid, seconds, category = category as u8, "report written");
+                if let Some(delivery) = &self.delivery
+                    && let Err(e) = delivery.enqueue(&uid, category as u8)
+                {
+                    // The start-up reconciliation queues it again.
+                    tracing::error!(study = %uid, "cannot queue the report for delivery: {e}");
+                }
             }
             Ok(Err(e)) => {
                 self.metrics.report_failures_total.inc();
                 tracing::error!(study = %uid, "no report: {e:#}");
+                mark_no_report(&self.spool, &uid, &format!("analysis failed: {e:#}"));
             }
             Err(e) => {
                 self.metrics.report_failures_total.inc();
                 tracing::error!(study = %uid, "analysis task failed: {e}");
+                mark_no_report(&self.spool, &uid, &format!("analysis task failed: {e}"));
             }
         }
     }
@@ -122,8 +160,28 @@ impl ReportStage {
                 event = events.recv() => match event {
                     Some(AssemblyEvent::StudyComplete(study)) => {
                         if study.usable_series().next().is_none() {
-                            stage.metrics.report_failures_total.inc();
-                            tracing::warn!(study = %study.study_instance_uid, "no series the models can use: no report");
+                            stage.metrics.studies_not_reported_total.with_label_values(&["no_usable_series"]).inc();
+                            let skipped: Vec<String> = study
+                                .series
+                                .iter()
+                                .map(|s| {
+                                    format!(
+                                        "series {}: {}",
+                                        s.series_number.map(|n| n.to_string()).unwrap_or_else(|| "?".into()),
+                                        s.class.skip_reason.map(|r| r.as_str()).unwrap_or("not usable")
+                                    )
+                                })
+                                .collect();
+                            tracing::warn!(
+                                study = %study.study_instance_uid,
+                                series = %skipped.join("; "),
+                                "no series the models can use: no report"
+                            );
+                            mark_no_report(
+                                &stage.spool,
+                                &study.study_instance_uid,
+                                &format!("no usable series ({})", skipped.join("; ")),
+                            );
                             continue;
                         }
                         stage.handle(study.study_instance_uid.clone(), study.dir.clone()).await;

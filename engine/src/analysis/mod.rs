@@ -95,6 +95,9 @@ pub struct SliceMasks {
     pub side: usize,
     pub anatomy: Vec<u8>,
     pub lesion: Vec<u8>,
+    /// Vertebral level per cell (bundle `levels`; 0 = outside), empty when
+    /// the bundle's segmentation has no level channels.
+    pub level: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -318,6 +321,12 @@ impl SpineModels {
         Ok([cls, patches])
     }
 
+    /// Whether a series of this family has a path through the models (its
+    /// own encoder or the synthesizer). Others are skipped by `analyze`.
+    pub fn takes_family(&self, family: &str) -> bool {
+        matches!(family, "t1" | "t2") || self.labels.synth_families.iter().any(|f| f == family)
+    }
+
     /// `threshold`: one reporting threshold for every condition, or None for
     /// the bundle's per-condition thresholds (`[thresholds]`, else
     /// [`DEFAULT_THRESHOLD`]).
@@ -522,6 +531,11 @@ impl SpineModels {
     fn masks(&self, seg: &ArrayF32) -> Vec<SliceMasks> {
         let (s, k, h, w) = (seg.shape[0], seg.shape[1], seg.shape[2], seg.shape[3]);
         let (na, nl) = (self.labels.anatomy, self.labels.lesion);
+        let nv = if k >= na + nl + self.labels.levels.len() {
+            self.labels.levels.len()
+        } else {
+            0
+        };
         let plane = h * w;
         (0..s)
             .map(|i| {
@@ -540,6 +554,11 @@ impl SpineModels {
                     side: h,
                     anatomy: (0..plane).map(|p| pick(0, na, p)).collect(),
                     lesion: (0..plane).map(|p| pick(na, nl, p)).collect(),
+                    level: if nv > 0 {
+                        (0..plane).map(|p| pick(na + nl, nv, p)).collect()
+                    } else {
+                        Vec::new()
+                    },
                 }
             })
             .collect()

@@ -12,6 +12,7 @@ pub use compose::{Report, compose};
 pub use triage::{Category, Triage};
 
 pub mod key_images;
+pub mod key_png;
 
 use sha2::{Digest, Sha256};
 
