@@ -13,7 +13,7 @@ use spineagent_engine::report::seg::{SegInput, SegSlice, build_seg};
 use spineagent_engine::report::sr::{KeyImage, SourceImage, SrFinding, SrInput, build_sr};
 use spineagent_engine::report::{Report, Triage, bundle_device_uid, compose, new_uid, uid_from};
 
-use crate::assemble::classify::{Family, Rules};
+use crate::assemble::classify::{Family, Region, Rules};
 use crate::assemble::geometry::Plane;
 
 /// Where `analyze` looks for the bundle when none is named: the committed
@@ -64,18 +64,34 @@ pub fn load_and_analyze(
     bundle: &Path,
     options: &SessionOptions,
     threshold: Option<f32>,
+    accept_unknown_region: bool,
 ) -> anyhow::Result<(SpineModels, Analyzed)> {
     let models = SpineModels::load(bundle, options)?;
-    let analyzed = analyze_files(&models, files, threshold)?;
+    let analyzed = analyze_files(&models, files, threshold, accept_unknown_region)?;
     Ok((models, analyzed))
 }
 
-pub fn analyze_files(models: &SpineModels, files: &[PathBuf], threshold: Option<f32>) -> anyhow::Result<Analyzed> {
+/// Analyzes the spine series among `files`. Series the tags place outside
+/// the spine are skipped (named in the report), as in the daemon's
+/// assembly; series with no region in their tags only with
+/// `accept_unknown_region`.
+pub fn analyze_files(
+    models: &SpineModels,
+    files: &[PathBuf],
+    threshold: Option<f32>,
+    accept_unknown_region: bool,
+) -> anyhow::Result<Analyzed> {
     let started = std::time::Instant::now();
     let rules = Rules::builtin();
     let stacks = crate::preprocess::stacks(files, &models.bundle.manifest.preprocess, &rules)?;
+    let not_spine = Region::NotSpine.as_str();
+    let unknown = Region::Unknown.as_str();
+    let region_ok = |r: &str| r != not_spine && (accept_unknown_region || r != unknown);
+    // Patient and study modules of the outputs come from an analyzed image.
     let source_file = stacks
-        .first()
+        .iter()
+        .find(|s| region_ok(&s.region) && matches!(s.plane, Plane::Sagittal | Plane::Axial))
+        .or(stacks.first())
         .and_then(|s| s.files.first().cloned())
         .context("no image with geometry among the files")?;
     let mut inputs = Vec::new();
@@ -85,6 +101,10 @@ pub fn analyze_files(models: &SpineModels, files: &[PathBuf], threshold: Option<
     let used =
         |family: &str| !matches!(family, "localizer" | "gre" | "dwi" | "other") && family != Family::Other.as_str();
     for s in stacks {
+        if !region_ok(&s.region) {
+            skipped.push((s.series_description, format!("region {}", s.region)));
+            continue;
+        }
         if !matches!(s.plane, Plane::Sagittal | Plane::Axial) {
             skipped.push((s.series_description, format!("{} plane not used", s.plane.as_str())));
             continue;

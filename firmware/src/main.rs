@@ -80,7 +80,12 @@ enum Command {
         /// Intra-op threads per model (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
-        /// Write analysis.json, report.txt and the DICOM SR (sr.dcm) here.
+        /// Also analyze series whose tags name no body region (series
+        /// the tags place outside the spine are always skipped).
+        #[arg(long)]
+        accept_unknown_region: bool,
+        /// Write analysis.json, triage.json, report.txt, the DICOM SR
+        /// (sr.dcm) and SEG (seg.dcm) and key-image PNGs here.
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -465,6 +470,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             json,
             threshold,
             threads,
+            accept_unknown_region,
             out,
         } => {
             let files = scu::collect_files(&paths).context("listing files")?;
@@ -474,7 +480,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 options.threads = t;
             }
             let started = std::time::Instant::now();
-            let (models, analyzed) = spineagent::analyze::load_and_analyze(&files, &bundle, &options, threshold)
+            let (models, analyzed) = spineagent::analyze::load_and_analyze(&files, &bundle, &options, threshold, accept_unknown_region)
                 .with_context(|| format!("analyzing with {}", bundle.display()))?;
             if let Some(dir) = &out {
                 let report = spineagent::analyze::write_outputs(
@@ -576,6 +582,7 @@ fn report_stage(
         triage: spineagent_engine::report::Triage::builtin(),
         codes: spineagent_engine::report::codes::Codes::builtin(),
         threshold: None,
+        accept_unknown_region: cfg.assembly.accept_unknown_region,
         metrics,
         delivery,
     }))

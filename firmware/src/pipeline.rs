@@ -36,6 +36,8 @@ pub struct ReportStage {
     /// None = the bundle's per-condition thresholds.
     pub threshold: Option<f32>,
     pub metrics: Arc<Metrics>,
+    /// `[assembly] accept_unknown_region`, applied again to the files.
+    pub accept_unknown_region: bool,
     /// None = no destinations: reports stay in the spool.
     pub delivery: Option<Arc<Delivery>>,
 }
@@ -85,7 +87,7 @@ impl ReportStage {
         // Instances only: the study directory also holds the manifests.
         let mut files = crate::scu::collect_files(&[study_dir.to_path_buf()])?;
         files.retain(|f| f.extension().is_some_and(|x| x == "dcm"));
-        let analyzed = analyze_files(&self.models, &files, self.threshold)?;
+        let analyzed = analyze_files(&self.models, &files, self.threshold, self.accept_unknown_region)?;
         let root = reports_dir(&self.spool);
         std::fs::create_dir_all(&root)?;
         let tmp = root.join(format!(".tmp-{uid}"));

@@ -37,6 +37,8 @@ pub struct Stack {
     pub series_description: String,
     /// Family from the series rules (t1, t2, stir, ...).
     pub family: String,
+    /// What the tags say about the body region (`Region::as_str`).
+    pub region: String,
     pub plane: Plane,
     pub tensor: ArrayF32,
     pub files: Vec<PathBuf>,
@@ -59,12 +61,16 @@ pub struct Stack {
 /// images with geometry are passed over.
 pub fn stacks(files: &[PathBuf], spec: &PreprocessSpec, rules: &Rules) -> anyhow::Result<Vec<Stack>> {
     let mut series: BTreeMap<String, (String, String, Vec<Placed>)> = BTreeMap::new();
+    let mut regions: BTreeMap<String, String> = BTreeMap::new();
     let mut sop_classes: BTreeMap<String, String> = BTreeMap::new();
     let mut spacing: BTreeMap<String, (Option<[f64; 2]>, Option<f64>)> = BTreeMap::new();
     for f in files {
         let Ok(h) = read_header(f) else { continue };
         let Some(orientation) = h.orientation else { continue };
         let family = rules.family(&h).as_str().to_string();
+        regions
+            .entry(h.series_instance_uid.clone())
+            .or_insert_with(|| rules.region(&h).as_str().to_string());
         sop_classes.insert(h.sop_instance_uid.clone(), h.sop_class_uid.clone());
         spacing
             .entry(h.series_instance_uid.clone())
@@ -119,6 +125,7 @@ pub fn stacks(files: &[PathBuf], spec: &PreprocessSpec, rules: &Rules) -> anyhow
                 series_instance_uid: uid.clone(),
                 series_description: description.clone(),
                 family: family.clone(),
+                region: regions.get(&uid).cloned().unwrap_or_default(),
                 plane: stack.plane,
                 tensor: ArrayF32 {
                     shape: vec![views.len(), 3, spec.crop, spec.crop],

@@ -103,6 +103,10 @@ pub struct Opts {
     pub read_timeout: u64,
     /// `[engine] bundle`: with a SpineFM bundle the daemon reports studies.
     pub bundle: Option<PathBuf>,
+    /// `[[destination]]` tables: (name, AE title, HOST:PORT).
+    pub destinations: Vec<(String, String, String)>,
+    /// `[delivery] retry_initial_seconds` (max is four times it).
+    pub retry_initial: f64,
 }
 
 impl Default for Opts {
@@ -116,6 +120,8 @@ impl Default for Opts {
             accept_unknown_region: false,
             read_timeout: 30,
             bundle: None,
+            destinations: vec![],
+            retry_initial: 0.5,
         }
     }
 }
@@ -166,6 +172,14 @@ impl Daemon {
         t = set_toml(&t, "allowed_calling_ae_titles", &format!("[{}]", allowed.join(", ")));
         if let Some(b) = &o.bundle {
             t = set_toml(&t, "bundle", &format!("\"{}\"", b.display()));
+        }
+        t = set_toml(&t, "retry_initial_seconds", &format!("{:?}", o.retry_initial));
+        t = set_toml(&t, "retry_max_seconds", &format!("{:?}", o.retry_initial * 4.0));
+        t = set_toml(&t, "timeout_seconds", "5");
+        for (name, ae, address) in &o.destinations {
+            t.push_str(&format!(
+                "\n[[destination]]\nname = \"{name}\"\nae_title = \"{ae}\"\naddress = \"{address}\"\n"
+            ));
         }
         std::fs::write(self.config_path(), t).unwrap();
     }
@@ -543,4 +557,142 @@ pub fn decoded_pixels(path: &Path) -> Vec<i32> {
 
 mod spineagent_pixels {
     pub use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder};
+}
+
+/// One HTTP/1.0 GET on loopback: (status, body). HTTP/1.0 so the server
+/// closes the connection and sends no chunked encoding.
+pub fn http_get_bytes(port: u16, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let end = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no HTTP header end"))?;
+    let head = String::from_utf8_lossy(&out[..end]).to_string();
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((status, out[end + 4..].to_vec()))
+}
+
+/// Orthanc (Debian's package) as the PACS: its own configuration, storage
+/// and ports on loopback, no plugins; stopped and restarted by the tests.
+pub struct Orthanc {
+    pub dir: tempfile::TempDir,
+    pub dicom_port: u16,
+    pub http_port: u16,
+    child: Option<Child>,
+}
+
+impl Orthanc {
+    pub fn start() -> Orthanc {
+        require_tool("Orthanc");
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = Orthanc {
+            dicom_port: free_port(),
+            http_port: free_port(),
+            dir,
+            child: None,
+        };
+        let db = o.dir.path().join("db");
+        let config = serde_json::json!({
+            "Name": "spineagent-test-pacs",
+            "StorageDirectory": db,
+            "IndexDirectory": db,
+            "DicomAet": "ORTHANC",
+            "DicomPort": o.dicom_port,
+            "HttpPort": o.http_port,
+            "RemoteAccessAllowed": false,
+            "AuthenticationEnabled": false,
+            "DicomCheckCalledAet": true,
+            "Plugins": [],
+        });
+        std::fs::write(o.config_path(), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        o.spawn();
+        o
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("orthanc.json")
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.dicom_port)
+    }
+
+    /// Starts (or restarts, same storage) and waits for its REST API.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("orthanc.log"))
+            .unwrap();
+        let child = Command::new("Orthanc")
+            .arg(self.config_path())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if http_get_bytes(self.http_port, "/system").is_ok_and(|(s, _)| s == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "Orthanc did not start; log:\n{}",
+            std::fs::read_to_string(self.dir.path().join("orthanc.log")).unwrap_or_default()
+        );
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = http_get_bytes(self.http_port, path).unwrap();
+        assert_eq!(status, 200, "GET {path}: {}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    /// Every stored instance's main tags (Orthanc ids and simplified tags).
+    pub fn instances(&self) -> Vec<(String, serde_json::Value)> {
+        let ids = self.get_json("/instances");
+        ids.as_array()
+            .unwrap()
+            .iter()
+            .map(|id| {
+                let id = id.as_str().unwrap().to_string();
+                let tags = self.get_json(&format!("/instances/{id}/simplified-tags"));
+                (id, tags)
+            })
+            .collect()
+    }
+
+    /// Instances of one study with one SOP class.
+    pub fn instances_of(&self, study_uid: &str, sop_class_uid: &str) -> Vec<(String, serde_json::Value)> {
+        self.instances()
+            .into_iter()
+            .filter(|(_, t)| t["StudyInstanceUID"] == study_uid && t["SOPClassUID"] == sop_class_uid)
+            .collect()
+    }
+
+    /// The stored file of an instance.
+    pub fn file(&self, id: &str) -> Vec<u8> {
+        let (status, body) = http_get_bytes(self.http_port, &format!("/instances/{id}/file")).unwrap();
+        assert_eq!(status, 200);
+        body
+    }
+}
+
+impl Drop for Orthanc {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

@@ -3,6 +3,7 @@
 
 mod analysis;
 mod assembly;
+mod delivery;
 mod durability;
 mod malformed;
 mod operations;
