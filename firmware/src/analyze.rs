@@ -15,6 +15,7 @@ use spineagent_engine::report::{Report, Triage, bundle_device_uid, compose, new_
 
 use crate::assemble::classify::{Family, Region, Rules};
 use crate::assemble::geometry::Plane;
+use crate::stream::EncodeCache;
 
 /// Where `analyze` looks for the bundle when none is named: the committed
 /// default bundle, relative to the working directory, then next to the binary.
@@ -67,7 +68,7 @@ pub fn load_and_analyze(
     accept_unknown_region: bool,
 ) -> anyhow::Result<(SpineModels, Analyzed)> {
     let models = SpineModels::load(bundle, options)?;
-    let analyzed = analyze_files(&models, files, threshold, accept_unknown_region)?;
+    let analyzed = analyze_files(&models, files, threshold, accept_unknown_region, None)?;
     Ok((models, analyzed))
 }
 
@@ -80,10 +81,12 @@ pub fn analyze_files(
     files: &[PathBuf],
     threshold: Option<f32>,
     accept_unknown_region: bool,
+    encoded: Option<(&EncodeCache, &str)>,
 ) -> anyhow::Result<Analyzed> {
     let started = std::time::Instant::now();
     let rules = Rules::builtin();
-    let stacks = crate::preprocess::stacks(files, &models.bundle.manifest.preprocess, &rules)?;
+    let is_encoded = |sop: &str, frame: u32| encoded.is_some_and(|(cache, study)| cache.contains(study, sop, frame));
+    let stacks = crate::preprocess::stacks_except(files, &models.bundle.manifest.preprocess, &rules, &is_encoded)?;
     let not_spine = Region::NotSpine.as_str();
     let unknown = Region::Unknown.as_str();
     let region_ok = |r: &str| r != not_spine && (accept_unknown_region || r != unknown);
@@ -132,6 +135,17 @@ pub fn analyze_files(
                 })
                 .collect(),
         );
+        let keys: Vec<(String, u32)> = s
+            .sop_instance_uids
+            .iter()
+            .cloned()
+            .zip(s.frames.iter().copied())
+            .collect();
+        let from_stream = encoded.and_then(|(cache, study)| cache.stack(study, &keys));
+        if s.tensor.data.is_empty() && from_stream.is_none() {
+            // Evicted between the two looks: decode this stack after all.
+            anyhow::bail!("encodings of {} vanished from the cache", s.series_description);
+        }
         inputs.push(SeriesInput {
             series_instance_uid: s.series_instance_uid,
             description: s.series_description,
@@ -141,6 +155,7 @@ pub fn analyze_files(
             sop_instance_uids: s.sop_instance_uids,
             rows: s.rows,
             cols: s.cols,
+            encoded: from_stream,
         });
     }
     skipped.sort();

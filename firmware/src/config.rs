@@ -231,6 +231,14 @@ pub struct EngineConfig {
     /// TensorRT FP16.
     #[serde(default)]
     pub fp16: bool,
+    /// Slice encodings kept while their study is still arriving (about
+    /// 33 KB each with the default bundle); 0 = encode at completion only.
+    #[serde(default = "default_stream_cache")]
+    pub stream_cache_slices: usize,
+}
+
+fn default_stream_cache() -> usize {
+    8192
 }
 
 fn default_providers() -> Vec<String> {
@@ -253,6 +261,7 @@ impl Default for EngineConfig {
             threads: default_threads(),
             engine_cache_dir: default_engine_cache(),
             fp16: false,
+            stream_cache_slices: default_stream_cache(),
         }
     }
 }

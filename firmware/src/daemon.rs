@@ -148,6 +148,14 @@ impl Daemon {
         self.metrics.clone()
     }
 
+    /// A bounded queue of every newly stored instance (for the streaming
+    /// encoder); call before `run`.
+    pub fn tap_instances(&mut self, depth: usize) -> mpsc::Receiver<crate::stream::ArrivedInstance> {
+        let (tx, rx) = mpsc::channel(depth.max(1));
+        self.assembler.set_tap(tx);
+        rx
+    }
+
     /// Serves until `shutdown` turns true; then stops accepting, finishes
     /// in-flight instances and returns. Unfinished assembly state is in the
     /// spool and resumes at the next start.

@@ -15,7 +15,8 @@
 //! 4. [`http`] serves `/metrics`, `/healthz` and `/readyz`; [`metrics`] holds
 //!    every metric. [`daemon`] wires it all from one [`config::Config`].
 //!
-//! 5. [`pipeline`] analyzes each completed study with the model bundle and
+//! 5. [`stream`] encodes the slices of usable series as they arrive;
+//!    [`pipeline`] analyzes each completed study with the model bundle and
 //!    writes its report (`spool/reports/<study>/`: SR, SEG, text, JSON,
 //!    key-image PNGs); [`deliver`] sends SR and SEG to every destination
 //!    from a durable outbox; [`retention`] removes finished studies.
@@ -37,4 +38,5 @@ pub mod preprocess;
 pub mod retention;
 pub mod scu;
 pub mod spool;
+pub mod stream;
 pub mod uid;

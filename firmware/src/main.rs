@@ -244,6 +244,10 @@ enum PhantomCommand {
         /// Add a sagittal proton-density series.
         #[arg(long)]
         pd: bool,
+        /// The standard protocol only (localizer, sagittal T1, T2, STIR,
+        /// axial T2): no Dixon, contrast or PD series unless asked for.
+        #[arg(long)]
+        standard: bool,
         /// Condition probabilities when findings are drawn, e.g. herniation=0.5,canal_stenosis=0.4.
         #[arg(long, default_value = "")]
         prevalence: String,
@@ -279,6 +283,7 @@ fn phantom(command: PhantomCommand) -> Result<()> {
             dixon,
             contrast,
             pd,
+            standard,
             prevalence,
         } => {
             let forced = if findings.is_empty() {
@@ -299,9 +304,15 @@ fn phantom(command: PhantomCommand) -> Result<()> {
                 vendor,
                 field_t: field,
                 findings: forced,
-                dixon: dixon.then_some(true),
-                contrast: contrast.then_some(true),
-                pd: pd.then_some(true),
+                // Extras not asked for are drawn from the seed, or left out
+                // with --standard.
+                dixon: if standard { Some(dixon) } else { dixon.then_some(true) },
+                contrast: if standard {
+                    Some(contrast)
+                } else {
+                    contrast.then_some(true)
+                },
+                pd: if standard { Some(pd) } else { pd.then_some(true) },
                 prevalence: Prevalence::default()
                     .with_overrides(&prevalence)
                     .map_err(anyhow::Error::msg)?,
@@ -480,8 +491,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 options.threads = t;
             }
             let started = std::time::Instant::now();
-            let (models, analyzed) = spineagent::analyze::load_and_analyze(&files, &bundle, &options, threshold, accept_unknown_region)
-                .with_context(|| format!("analyzing with {}", bundle.display()))?;
+            let (models, analyzed) =
+                spineagent::analyze::load_and_analyze(&files, &bundle, &options, threshold, accept_unknown_region)
+                    .with_context(|| format!("analyzing with {}", bundle.display()))?;
             if let Some(dir) = &out {
                 let report = spineagent::analyze::write_outputs(
                     &models,
@@ -567,6 +579,7 @@ fn report_stage(
     loaded: Option<&spineagent::models::LoadedModels>,
     metrics: std::sync::Arc<spineagent::metrics::Metrics>,
     delivery: Option<std::sync::Arc<spineagent::deliver::Delivery>>,
+    encoded: Option<std::sync::Arc<spineagent::stream::EncodeCache>>,
 ) -> Result<Option<spineagent::pipeline::ReportStage>> {
     let Some(loaded) = loaded else {
         return Ok(None);
@@ -585,12 +598,13 @@ fn report_stage(
         accept_unknown_region: cfg.assembly.accept_unknown_region,
         metrics,
         delivery,
+        encoded,
     }))
 }
 
 async fn serve(cfg: Config) -> Result<()> {
     let cfg_for_stage = cfg.clone();
-    let (daemon, mut events) = spineagent::daemon::Daemon::bind(cfg).await?;
+    let (mut daemon, mut events) = spineagent::daemon::Daemon::bind(cfg).await?;
     tracing::info!(dicom = %daemon.dicom_addr(), metrics = %daemon.ops_addr(), "spineagent listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -617,8 +631,34 @@ async fn serve(cfg: Config) -> Result<()> {
     }
     // With a model bundle configured, completed studies are analyzed and
     // reported; without one, the study summary is logged.
-    match report_stage(&cfg_for_stage, daemon.models.as_deref(), daemon.metrics(), delivery)? {
-        Some(stage) => {
+    let stage = report_stage(
+        &cfg_for_stage,
+        daemon.models.as_deref(),
+        daemon.metrics(),
+        delivery,
+        None,
+    )?;
+    match stage {
+        Some(mut stage) => {
+            // Encode slices as they arrive (the report stage uses them).
+            let slices = cfg_for_stage.engine.stream_cache_slices;
+            if slices > 0 {
+                let cache = std::sync::Arc::new(spineagent::stream::EncodeCache::new(slices));
+                let encoder = spineagent::stream::StreamEncoder {
+                    models: stage.models.clone(),
+                    cache: cache.clone(),
+                    rules: match cfg_for_stage.rules_file() {
+                        Some(path) => spineagent::assemble::classify::Rules::load(&path)?,
+                        None => spineagent::assemble::classify::Rules::builtin(),
+                    },
+                    oblique_threshold_degrees: cfg_for_stage.assembly.oblique_threshold_degrees,
+                    accept_unknown_region: cfg_for_stage.assembly.accept_unknown_region,
+                    metrics: daemon.metrics(),
+                };
+                let arrivals = daemon.tap_instances(cfg_for_stage.limits.event_queue_depth);
+                tokio::spawn(encoder.run(arrivals));
+                stage.encoded = Some(cache);
+            }
             tokio::spawn(stage.run(events, stop_rx.clone()));
         }
         None => {

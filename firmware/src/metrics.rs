@@ -35,6 +35,9 @@ pub struct Metrics {
     pub outbox_pending: IntGaugeVec,
     pub delivery_attempts_total: IntCounterVec,
     pub delivery_seconds: Histogram,
+    pub stream_slices_encoded_total: IntCounter,
+    pub stream_cache_full_total: IntCounter,
+    pub stream_cache_slices: IntGauge,
     pub model_ready_seconds: prometheus::GaugeVec,
     pub queue_capacity: IntGaugeVec,
 }
@@ -187,6 +190,21 @@ impl Metrics {
                 "spineagent_studies_not_reported_total",
                 "Completed studies deliberately not reported, by reason (no_usable_series)",
                 &["reason"],
+            ),
+            stream_slices_encoded_total: counter(
+                &r,
+                "spineagent_stream_slices_encoded_total",
+                "Slices encoded as their instances arrived (before their study completed)",
+            ),
+            stream_cache_full_total: counter(
+                &r,
+                "spineagent_stream_cache_full_total",
+                "Slice encodings not kept because the cache was full (encoded again at analysis)",
+            ),
+            stream_cache_slices: int_gauge(
+                &r,
+                "spineagent_stream_cache_slices",
+                "Slice encodings waiting for their study to complete",
             ),
             outbox_pending: gauge_vec(
                 &r,

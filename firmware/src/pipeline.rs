@@ -38,6 +38,8 @@ pub struct ReportStage {
     pub metrics: Arc<Metrics>,
     /// `[assembly] accept_unknown_region`, applied again to the files.
     pub accept_unknown_region: bool,
+    /// Slices encoded as they arrived (None: everything is encoded here).
+    pub encoded: Option<Arc<crate::stream::EncodeCache>>,
     /// None = no destinations: reports stay in the spool.
     pub delivery: Option<Arc<Delivery>>,
 }
@@ -87,7 +89,14 @@ impl ReportStage {
         // Instances only: the study directory also holds the manifests.
         let mut files = crate::scu::collect_files(&[study_dir.to_path_buf()])?;
         files.retain(|f| f.extension().is_some_and(|x| x == "dcm"));
-        let analyzed = analyze_files(&self.models, &files, self.threshold, self.accept_unknown_region)?;
+        let encoded = self.encoded.as_deref().map(|c| (c, uid));
+        let analyzed = analyze_files(
+            &self.models,
+            &files,
+            self.threshold,
+            self.accept_unknown_region,
+            encoded,
+        )?;
         let root = reports_dir(&self.spool);
         std::fs::create_dir_all(&root)?;
         let tmp = root.join(format!(".tmp-{uid}"));
@@ -117,6 +126,10 @@ impl ReportStage {
         let task_uid = uid.clone();
         let result = tokio::task::spawn_blocking(move || stage.report(&task_uid, &dir)).await;
         let seconds = started.elapsed().as_secs_f64();
+        if let Some(cache) = &self.encoded {
+            cache.forget(&uid);
+            self.metrics.stream_cache_slices.set(cache.len() as i64);
+        }
         match result {
             Ok(Ok(report)) => {
                 let category = report.category;

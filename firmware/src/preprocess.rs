@@ -60,6 +60,19 @@ pub struct Stack {
 /// Decodes and preprocesses every series among `files`; files that are not
 /// images with geometry are passed over.
 pub fn stacks(files: &[PathBuf], spec: &PreprocessSpec, rules: &Rules) -> anyhow::Result<Vec<Stack>> {
+    stacks_except(files, spec, rules, &|_, _| false)
+}
+
+/// As [`stacks`], but a stack whose every slice `(SOP Instance UID, frame)`
+/// satisfies `encoded` is not decoded: its tensor keeps its shape and holds
+/// no data (the slices were encoded as they arrived).
+pub fn stacks_except(
+    files: &[PathBuf],
+    spec: &PreprocessSpec,
+    rules: &Rules,
+    encoded: &dyn Fn(&str, u32) -> bool,
+) -> anyhow::Result<Vec<Stack>> {
+    let mut matrix: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let mut series: BTreeMap<String, (String, String, Vec<Placed>)> = BTreeMap::new();
     let mut regions: BTreeMap<String, String> = BTreeMap::new();
     let mut sop_classes: BTreeMap<String, String> = BTreeMap::new();
@@ -68,6 +81,7 @@ pub fn stacks(files: &[PathBuf], spec: &PreprocessSpec, rules: &Rules) -> anyhow
         let Ok(h) = read_header(f) else { continue };
         let Some(orientation) = h.orientation else { continue };
         let family = rules.family(&h).as_str().to_string();
+        matrix.insert(h.sop_instance_uid.clone(), (h.rows as usize, h.columns as usize));
         regions
             .entry(h.series_instance_uid.clone())
             .or_insert_with(|| rules.region(&h).as_str().to_string());
@@ -94,9 +108,10 @@ pub fn stacks(files: &[PathBuf], spec: &PreprocessSpec, rules: &Rules) -> anyhow
         // One tensor per stack of parallel slices (multi-block axials give several).
         for stack in build_stacks(placed, 35.0) {
             let mut decoded: Vec<DecodedSlice> = Vec::new();
+            let skip = stack.slices.iter().all(|s| encoded(&s.sop_instance_uid, s.frame));
             // A multi-frame file holds many slices: decode each file once.
             let mut files_decoded: BTreeMap<&str, Vec<DecodedSlice>> = BTreeMap::new();
-            for s in &stack.slices {
+            for s in stack.slices.iter().filter(|_| !skip) {
                 if !files_decoded.contains_key(s.file.as_str()) {
                     files_decoded.insert(&s.file, decode_file(Path::new(&s.file))?);
                 }
@@ -107,8 +122,15 @@ pub fn stacks(files: &[PathBuf], spec: &PreprocessSpec, rules: &Rules) -> anyhow
                 decoded.push(frame);
             }
             let views: Vec<_> = decoded.iter().map(|d| d.as_slice()).collect();
-            let data = preprocess(&views, spec)?;
-            let (rows, cols) = decoded.first().map(|d| (d.rows, d.cols)).unwrap_or((0, 0));
+            let data = if skip { Vec::new() } else { preprocess(&views, spec)? };
+            let (rows, cols) = match decoded.first() {
+                Some(d) => (d.rows, d.cols),
+                None => stack
+                    .slices
+                    .first()
+                    .and_then(|s| matrix.get(&s.sop_instance_uid).copied())
+                    .unwrap_or((0, 0)),
+            };
             let (pixel_spacing, slice_thickness) = spacing.get(&uid).copied().unwrap_or((None, None));
             out.push(Stack {
                 rows,
@@ -128,7 +150,7 @@ pub fn stacks(files: &[PathBuf], spec: &PreprocessSpec, rules: &Rules) -> anyhow
                 region: regions.get(&uid).cloned().unwrap_or_default(),
                 plane: stack.plane,
                 tensor: ArrayF32 {
-                    shape: vec![views.len(), 3, spec.crop, spec.crop],
+                    shape: vec![stack.slices.len(), 3, spec.crop, spec.crop],
                     data,
                 },
                 files: stack.slices.iter().map(|s| PathBuf::from(&s.file)).collect(),

@@ -43,6 +43,92 @@ pub const DEFAULT_THRESHOLD: f32 = 0.5;
 /// vertebra's mass (soft masses: every level gets a little from the tails).
 const MIN_LEVEL_SHARE: f32 = 0.2;
 
+/// What the encoders make of slices, before any pooling: each slice's class
+/// token and patch tokens from its own path (T1/T2 encoder or synthesizer)
+/// and the T2 encoder's class token (recognition). Every slice is encoded
+/// on its own, so slices encoded one by one as they arrive and a whole stack
+/// encoded at once give the same numbers.
+#[derive(Debug, Clone)]
+pub struct EncodedSlices {
+    /// [n, width]
+    pub cls: ArrayF32,
+    /// [n, patches, width]
+    pub patches: ArrayF32,
+    /// [n, width]
+    pub rec_cls: ArrayF32,
+}
+
+fn rows_of(a: &ArrayF32, range: std::ops::Range<usize>) -> ArrayF32 {
+    let per = a.shape[1..].iter().product::<usize>();
+    let mut shape = a.shape.clone();
+    shape[0] = range.len();
+    ArrayF32 {
+        shape,
+        data: a.data[range.start * per..range.end * per].to_vec(),
+    }
+}
+
+fn concat_rows<'a>(parts: impl Iterator<Item = &'a ArrayF32>) -> Option<ArrayF32> {
+    let mut out: Option<ArrayF32> = None;
+    for p in parts {
+        match &mut out {
+            None => out = Some(p.clone()),
+            Some(o) => {
+                if o.shape[1..] != p.shape[1..] {
+                    return None;
+                }
+                o.shape[0] += p.shape[0];
+                o.data.extend_from_slice(&p.data);
+            }
+        }
+    }
+    out
+}
+
+impl EncodedSlices {
+    pub fn len(&self) -> usize {
+        self.cls.shape.first().copied().unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Slice `i` alone.
+    pub fn slice(&self, i: usize) -> EncodedSlices {
+        EncodedSlices {
+            cls: rows_of(&self.cls, i..i + 1),
+            patches: rows_of(&self.patches, i..i + 1),
+            rec_cls: rows_of(&self.rec_cls, i..i + 1),
+        }
+    }
+
+    /// Slices in order, one stack; None when the parts disagree in shape.
+    pub fn concat(parts: &[&EncodedSlices]) -> Option<EncodedSlices> {
+        Some(EncodedSlices {
+            cls: concat_rows(parts.iter().map(|p| &p.cls))?,
+            patches: concat_rows(parts.iter().map(|p| &p.patches))?,
+            rec_cls: concat_rows(parts.iter().map(|p| &p.rec_cls))?,
+        })
+    }
+}
+
+enum EncoderPath {
+    T1,
+    T2,
+    Synthesizer(Vec<f32>),
+}
+
+impl EncoderPath {
+    fn name(&self) -> &'static str {
+        match self {
+            EncoderPath::T1 => "encoder_t1",
+            EncoderPath::T2 => "encoder_t2",
+            EncoderPath::Synthesizer(_) => "synthesizer",
+        }
+    }
+}
+
 /// One preprocessed series stack, classified from its tags.
 pub struct SeriesInput {
     pub series_instance_uid: String,
@@ -58,6 +144,10 @@ pub struct SeriesInput {
     /// The source images' matrix (maps mask cells back to pixels).
     pub rows: usize,
     pub cols: usize,
+    /// The slices' encoder outputs when they were computed as the images
+    /// arrived ([`SpineModels::encode_slices`]); `pixels` may then hold no
+    /// data (its shape still gives the slice count).
+    pub encoded: Option<EncodedSlices>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -324,7 +414,48 @@ impl SpineModels {
     /// Whether a series of this family has a path through the models (its
     /// own encoder or the synthesizer). Others are skipped by `analyze`.
     pub fn takes_family(&self, family: &str) -> bool {
-        matches!(family, "t1" | "t2") || self.labels.synth_families.iter().any(|f| f == family)
+        self.path_for(family).is_some()
+    }
+
+    /// A family's path: its own encoder, or the synthesizer with the
+    /// family's one-hot.
+    fn path_for(&self, family: &str) -> Option<EncoderPath> {
+        match family {
+            "t1" => Some(EncoderPath::T1),
+            "t2" => Some(EncoderPath::T2),
+            other => {
+                let i = self.labels.synth_families.iter().position(|f| f == other)?;
+                let mut v = vec![0f32; self.labels.synth_families.len()];
+                v[i] = 1.0;
+                Some(EncoderPath::Synthesizer(v))
+            }
+        }
+    }
+
+    /// Encodes preprocessed slices ([n, 3, crop, crop]) of one family; None
+    /// for a family the models do not take. The daemon calls it as
+    /// instances arrive, `analyze` for whatever was not encoded before.
+    pub fn encode_slices(&self, family: &str, pixels: &ArrayF32) -> Result<Option<EncodedSlices>, AnalysisError> {
+        match self.path_for(family) {
+            Some(path) => self.encode_path(path, pixels).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn encode_path(&self, path: EncoderPath, pixels: &ArrayF32) -> Result<EncodedSlices, AnalysisError> {
+        let (model, onehot) = match &path {
+            EncoderPath::T1 => (&self.encoder_t1, None),
+            EncoderPath::T2 => (&self.encoder_t2, None),
+            EncoderPath::Synthesizer(v) => (&self.synthesizer, Some(v.as_slice())),
+        };
+        let [cls, patches] = self.encode(model, pixels, onehot)?;
+        // Recognition reads the T2 encoder's class token for every series.
+        let rec_cls = if matches!(path, EncoderPath::T2) {
+            cls.clone()
+        } else {
+            self.encode(&self.encoder_t2, pixels, None)?[0].clone()
+        };
+        Ok(EncodedSlices { cls, patches, rec_cls })
     }
 
     /// `threshold`: one reporting threshold for every condition, or None for
@@ -338,34 +469,19 @@ impl SpineModels {
         let mut slot_mass = vec![0f32; n_slots * n_levels];
         let mut out_series = Vec::new();
         let mut slots = Vec::new();
-        for input in series {
+        for mut input in series {
             if input.pixels.shape.first().copied().unwrap_or(0) == 0 {
                 continue;
             }
-            let (path, onehot) = match input.family.as_str() {
-                "t1" => ("encoder_t1", None),
-                "t2" => ("encoder_t2", None),
-                other => {
-                    let Some(i) = lb.synth_families.iter().position(|f| f == other) else {
-                        continue; // a family the models do not take
-                    };
-                    let mut v = vec![0f32; lb.synth_families.len()];
-                    v[i] = 1.0;
-                    ("synthesizer", Some(v))
-                }
+            let Some(path) = self.path_for(&input.family) else {
+                continue; // a family the models do not take
             };
-            let model = match path {
-                "encoder_t1" => &self.encoder_t1,
-                "encoder_t2" => &self.encoder_t2,
-                _ => &self.synthesizer,
+            let path_name = path.name();
+            let encoded = match input.encoded.take() {
+                Some(e) if e.len() == input.pixels.shape[0] => e,
+                _ => self.encode_path(path, &input.pixels)?,
             };
-            let [cls, patches] = self.encode(model, &input.pixels, onehot.as_deref())?;
-            // Recognition reads the T2 encoder's class token for every series.
-            let rec_cls = if path == "encoder_t2" {
-                cls.clone()
-            } else {
-                self.encode(&self.encoder_t2, &input.pixels, None)?[0].clone()
-            };
+            let EncodedSlices { cls, patches, rec_cls } = encoded;
             let seg_rec = self.slice_agents.run(vec![patches.clone(), rec_cls])?;
             let (seg, rec) = (&seg_rec[0], &seg_rec[1]);
             let pooled = self.series_pool.run(vec![cls, patches, seg.clone()])?;
@@ -383,7 +499,7 @@ impl SpineModels {
                 }
             }
             slots.push(slot);
-            out_series.push(self.describe_series(input, path, seg, rec, attention, emb)?);
+            out_series.push(self.describe_series(input, path_name, seg, rec, attention, emb)?);
         }
         if out_series.is_empty() {
             return Err(AnalysisError::Data("no series the models can use".into()));

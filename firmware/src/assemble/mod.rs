@@ -83,6 +83,8 @@ pub struct Assembler {
     /// Bytes of the instances of open studies (kept as a running total: the
     /// gauge is updated per instance, a sum over all would be quadratic).
     open_bytes: u64,
+    /// Where each new instance also goes (the streaming encoder), if set.
+    tap: Option<mpsc::Sender<crate::stream::ArrivedInstance>>,
 }
 
 impl InstanceRecord {
@@ -120,7 +122,14 @@ impl Assembler {
             studies: BTreeMap::new(),
             ready: BTreeMap::new(),
             open_bytes: 0,
+            tap: None,
         }
+    }
+
+    /// Sends every newly stored instance to `tap` as well. The send waits
+    /// when the tap's queue is full: back-pressure, not loss.
+    pub fn set_tap(&mut self, tap: mpsc::Sender<crate::stream::ArrivedInstance>) {
+        self.tap = Some(tap);
     }
 
     /// Number of studies not yet complete.
@@ -376,7 +385,20 @@ impl Assembler {
             let deadline = self.next_deadline();
             tokio::select! {
                 msg = input.recv() => match msg {
-                    Some(stored) => self.add(&stored, Instant::now()),
+                    Some(stored) => {
+                        self.add(&stored, Instant::now());
+                        if let Some(tap) = &self.tap
+                            && !stored.duplicate
+                        {
+                            let arrived = crate::stream::ArrivedInstance {
+                                header: stored.header.clone(),
+                                path: stored.path.clone(),
+                            };
+                            if tap.send(arrived).await.is_err() {
+                                self.tap = None; // the encoder stopped
+                            }
+                        }
+                    }
                     None => break,
                 },
                 _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {}

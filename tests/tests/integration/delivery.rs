@@ -23,7 +23,16 @@ fn default_bundle() -> PathBuf {
 /// returns its ground truth and its files.
 fn phantom(dir: &Path, seed: u64, findings: &[&str]) -> (serde_json::Value, Vec<PathBuf>) {
     let mut cmd = Command::new(bin());
-    cmd.args(["phantom", "study", "--seed", &seed.to_string(), "--vendor", "siemens", "--region", "lumbar"]);
+    cmd.args([
+        "phantom",
+        "study",
+        "--seed",
+        &seed.to_string(),
+        "--vendor",
+        "siemens",
+        "--region",
+        "lumbar",
+    ]);
     for f in findings {
         cmd.args(["--finding", f]);
     }
@@ -79,7 +88,10 @@ fn wait_in_orthanc(pacs: &Orthanc, study: &str, class: &str, timeout: Duration) 
         if !found.is_empty() {
             return found;
         }
-        assert!(std::time::Instant::now() < deadline, "no {class} of study {study} in Orthanc");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {class} of study {study} in Orthanc"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -123,7 +135,11 @@ fn reports_reach_orthanc_with_their_coded_findings_and_skipped_series() {
     let groups = dump.matches("\"Measurement Group\"").count();
     assert_eq!(groups, findings.len(), "{dump}");
     for f in findings {
-        let id = format!("\"{} {}\"", f["level"].as_str().unwrap(), f["condition"].as_str().unwrap());
+        let id = format!(
+            "\"{} {}\"",
+            f["level"].as_str().unwrap(),
+            f["condition"].as_str().unwrap()
+        );
         assert!(dump.contains(&id), "{id} missing from the SR in Orthanc:\n{dump}");
     }
     // Levels and sides are coded: a disc level as its SNOMED site, a side
@@ -150,6 +166,23 @@ fn reports_reach_orthanc_with_their_coded_findings_and_skipped_series() {
         "spineagent_delivery_attempts_total{destination=\"pacs\",result=\"delivered\"}",
         1.0,
     );
+    // The slices were encoded as they arrived, and that changed nothing:
+    // the offline analysis of the spooled files, everything encoded at once,
+    // finds the same findings with the same probabilities.
+    assert!(d.metric("spineagent_stream_slices_encoded_total") >= 60.0);
+    let offline = run(Command::new(bin())
+        .args(["analyze", "--json", "--threads", "2", "--bundle"])
+        .arg(default_bundle())
+        .arg(d.spool().join("studies").join(&study)));
+    let offline: serde_json::Value = serde_json::from_slice(&offline.stdout).unwrap();
+    let key = |f: &serde_json::Value| format!("{} {} {}", f["level"], f["condition"], f["side"]);
+    let streamed: Vec<String> = findings.iter().map(key).collect();
+    let at_once: Vec<String> = offline["findings"].as_array().unwrap().iter().map(key).collect();
+    assert_eq!(streamed, at_once);
+    for (a, b) in findings.iter().zip(offline["findings"].as_array().unwrap()) {
+        let (pa, pb) = (a["probability"].as_f64().unwrap(), b["probability"].as_f64().unwrap());
+        assert!((pa - pb).abs() < 1e-3, "{a} vs {b}");
+    }
     // The offline outputs sit next to it, key images included.
     let pngs = std::fs::read_dir(&report)
         .unwrap()
@@ -275,13 +308,20 @@ fn permanent_refusals_are_dead_lettered_and_unusable_studies_get_no_report() {
     d.wait_for("no-report metric", Duration::from_secs(30), || {
         d.metric("spineagent_studies_not_reported_total{reason=\"no_usable_series\"}") == 1.0
     });
-    let markers: Vec<_> = std::fs::read_dir(d.spool().join("no-report")).unwrap().flatten().collect();
+    let markers: Vec<_> = std::fs::read_dir(d.spool().join("no-report"))
+        .unwrap()
+        .flatten()
+        .collect();
     assert_eq!(markers.len(), 1);
     let why = std::fs::read_to_string(markers[0].path()).unwrap();
     assert!(why.contains("not_spine"), "{why}");
     assert!(d.log().contains("no series the models can use"));
     assert_eq!(
-        std::fs::read_dir(d.spool().join("reports")).unwrap().flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count(),
+        std::fs::read_dir(d.spool().join("reports"))
+            .unwrap()
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .count(),
         1,
         "only the phantom study has a report"
     );
