@@ -5,12 +5,14 @@
 # delivered to Orthanc on loopback. Prints latency from the last instance's
 # acknowledgement to the SR in Orthanc, and studies per hour with four
 # scanners sending at once (bench/report_latency.py says what is measured).
-#   bench/report_latency.sh [runs] [studies per scanner] [study idle seconds]
+#   bench/report_latency.sh [runs] [studies per scanner] [study idle seconds] [stream cache slices]
+# (stream cache 0 = no encoding while the study arrives: the baseline.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-5}
 per_scanner=${2:-3}
 idle=${3:-1.0}
+stream=${4:-8192}
 scripts/setup >/dev/null
 cargo build --release -q --bin spineagent
 bin=$PWD/target/release/spineagent
@@ -37,7 +39,8 @@ sed -e "s/^series_idle_seconds = .*/series_idle_seconds = $idle/" \
     -e "s|^# bundle = .*|bundle = \"$PWD/models/spinefm-tiny\"|" \
     -e "s|^listen = \"0.0.0.0:11112\"|listen = \"127.0.0.1:$dicom\"|" \
     -e "s|^listen = \"127.0.0.1:9464\"|listen = \"127.0.0.1:$ops\"|" \
-    -e "s|^dir = .*|dir = \"$work/spool\"|" config/spineagent.toml > "$work/spineagent.toml"
+    -e "s|^dir = .*|dir = \"$work/spool\"|" \
+    -e "s|^stream_cache_slices = .*|stream_cache_slices = $stream|" config/spineagent.toml > "$work/spineagent.toml"
 printf '\n[[destination]]\nname = "pacs"\nae_title = "ORTHANC"\naddress = "127.0.0.1:%s"\n' "$pacs" >> "$work/spineagent.toml"
 RUST_LOG=warn "$bin" serve --config "$work/spineagent.toml" 2> "$work/daemon.log" &
 pids+=($!)
