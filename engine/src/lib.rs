@@ -9,6 +9,7 @@ pub mod analysis;
 pub mod bundle;
 pub mod check;
 pub mod decode;
+pub mod lm;
 pub mod model;
 pub mod npy;
 pub mod providers;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use spineagent_engine::SessionOptions;
 use spineagent_engine::analysis::{SeriesInput, SpineModels, StudyAnalysis};
+use spineagent_engine::report::agent::ReportAgent;
 use spineagent_engine::report::codes::Codes;
 use spineagent_engine::report::key_images::locate;
 use spineagent_engine::report::seg::{SegInput, SegSlice, build_seg};
@@ -32,6 +33,34 @@ pub fn default_bundle() -> PathBuf {
                 .find(|p| p.join("bundle.toml").exists())
         })
         .unwrap_or(local)
+}
+
+/// Loads the report agent's language model (and warms it up with a short
+/// generation, so the first report does not pay for page faults).
+pub fn report_agent(path: &Path, budget_seconds: f64, max_new_tokens: usize) -> anyhow::Result<ReportAgent> {
+    let started = std::time::Instant::now();
+    let mut lm = spineagent_engine::lm::ReportLm::load(path, &Default::default())
+        .with_context(|| format!("loading the report language model {}", path.display()))?;
+    let warm = lm.generate(
+        &[spineagent_engine::lm::PromptPart::Text(
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n".into(),
+        )],
+        4,
+        None,
+        |_| {},
+    )?;
+    tracing::info!(
+        model = %lm.name,
+        seconds = started.elapsed().as_secs_f64(),
+        tokens_per_second = warm.tokens_per_second(),
+        "report language model loaded"
+    );
+    Ok(ReportAgent {
+        lm,
+        budget: std::time::Duration::from_secs_f64(budget_seconds),
+        max_new_tokens,
+        attempts: 2,
+    })
 }
 
 /// Where a stack's slices are (for the SEG).
@@ -193,10 +222,29 @@ pub fn write_outputs(
     out: &Path,
     triage: &Triage,
     codes: &Codes,
+    agent: Option<&std::sync::Mutex<ReportAgent>>,
 ) -> anyhow::Result<Report> {
     std::fs::create_dir_all(out)?;
     let analysis = &a.analysis;
-    let report = compose(analysis, triage, &region(analysis));
+    let composed = compose(analysis, triage, &region(analysis));
+    // The language model writes the text when there is one; the verifier
+    // decides whether its text or the composer's is used.
+    let (report, text_source) = match agent {
+        Some(agent) => {
+            let mut agent = agent.lock().unwrap_or_else(|p| p.into_inner());
+            let outcome = agent.write(analysis, &composed);
+            let source = outcome.describe(&agent.lm.name);
+            tracing::info!(text = %source, drafts = outcome.drafts.len(), "report text");
+            std::fs::write(out.join("report_agent.json"), serde_json::to_vec_pretty(&outcome)?)?;
+            // The composer's text too, for comparison (and the evaluation).
+            std::fs::write(out.join("report_composer.txt"), composed.text())?;
+            (outcome.report, source)
+        }
+        None => (
+            composed,
+            "deterministic composer (no language model configured)".to_string(),
+        ),
+    };
     std::fs::write(out.join("analysis.json"), serde_json::to_vec_pretty(analysis)?)?;
     std::fs::write(out.join("report.txt"), report.text())?;
     let triage_json = serde_json::json!({
@@ -243,7 +291,7 @@ pub fn write_outputs(
         algorithm_name: models.bundle.manifest.name.clone(),
         algorithm_version: models.bundle.manifest.version.clone(),
         device_uid: bundle_device_uid(&models.bundle),
-        text_source: "deterministic composer (no language model in this bundle)".into(),
+        text_source,
         series_instance_uid: new_uid(),
         sop_instance_uid: new_uid(),
         series_number: 9901,

@@ -46,6 +46,8 @@ pub struct Config {
     #[serde(default)]
     pub engine: EngineConfig,
     #[serde(default)]
+    pub report: ReportConfig,
+    #[serde(default)]
     pub delivery: DeliveryConfig,
     /// Where reports go (`[[destination]]` tables); none = reports stay in
     /// the spool.
@@ -120,6 +122,41 @@ pub struct SpoolConfig {
     /// removed: they need a person.
     #[serde(default)]
     pub retention_days: f64,
+}
+
+/// The report text: language model (optional) or composer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    /// GGUF of the report agent's language model; omitted = the
+    /// deterministic composer writes every report.
+    #[serde(default)]
+    pub language_model: Option<PathBuf>,
+    /// Seconds the language model may take per report (all drafts); past
+    /// it the composer's text is used.
+    #[serde(default = "default_report_budget")]
+    pub budget_seconds: f64,
+    /// Longest draft, in tokens.
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: usize,
+}
+
+fn default_report_budget() -> f64 {
+    60.0
+}
+
+pub fn default_max_new_tokens() -> usize {
+    320
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        ReportConfig {
+            language_model: None,
+            budget_seconds: default_report_budget(),
+            max_new_tokens: default_max_new_tokens(),
+        }
+    }
 }
 
 /// How reports are delivered (C-STORE of the SR and SEG).
@@ -381,6 +418,10 @@ impl Config {
             }
         }
         positive("engine.threads", self.engine.threads as u64)?;
+        if !(self.report.budget_seconds > 0.0 && self.report.budget_seconds.is_finite()) {
+            return Err(invalid("report.budget_seconds", "must be a positive number"));
+        }
+        positive("report.max_new_tokens", self.report.max_new_tokens as u64)?;
         let r = self.spool.retention_days;
         if !(r >= 0.0 && r.is_finite()) {
             return Err(invalid("spool.retention_days", "must be a number >= 0"));
@@ -439,6 +480,10 @@ impl Config {
 
     pub fn engine_bundle(&self) -> Option<PathBuf> {
         self.engine.bundle.as_ref().map(|p| self.base_dir.join(p))
+    }
+
+    pub fn report_language_model(&self) -> Option<PathBuf> {
+        self.report.language_model.as_ref().map(|p| self.base_dir.join(p))
     }
 
     pub fn engine_cache_dir(&self) -> PathBuf {

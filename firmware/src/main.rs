@@ -84,6 +84,16 @@ enum Command {
         /// the tags place outside the spine are always skipped).
         #[arg(long)]
         accept_unknown_region: bool,
+        /// The report agent's language model (GGUF); without it the
+        /// deterministic composer writes the text.
+        #[arg(long)]
+        language_model: Option<PathBuf>,
+        /// Seconds the report agent may take (all drafts).
+        #[arg(long, default_value_t = 60.0)]
+        report_budget: f64,
+        /// Longest draft of the report agent, in tokens.
+        #[arg(long, default_value_t = spineagent::config::default_max_new_tokens())]
+        max_new_tokens: usize,
         /// Write analysis.json, triage.json, report.txt, the DICOM SR
         /// (sr.dcm) and SEG (seg.dcm) and key-image PNGs here.
         #[arg(long)]
@@ -482,9 +492,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             threshold,
             threads,
             accept_unknown_region,
+            language_model,
+            report_budget,
+            max_new_tokens,
             out,
         } => {
             let files = scu::collect_files(&paths).context("listing files")?;
+            let agent = match &language_model {
+                Some(path) => Some(std::sync::Mutex::new(spineagent::analyze::report_agent(
+                    path,
+                    report_budget,
+                    max_new_tokens,
+                )?)),
+                None => None,
+            };
             let bundle = bundle.unwrap_or_else(spineagent::analyze::default_bundle);
             let mut options = spineagent_engine::SessionOptions::default();
             if let Some(t) = threads {
@@ -501,6 +522,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     dir,
                     &spineagent_engine::report::Triage::builtin(),
                     &spineagent_engine::report::codes::Codes::builtin(),
+                    agent.as_ref(),
                 )?;
                 eprintln!(
                     "wrote {} (triage category {}: {})",
@@ -596,6 +618,12 @@ fn report_stage(
         codes: spineagent_engine::report::codes::Codes::builtin(),
         threshold: None,
         accept_unknown_region: cfg.assembly.accept_unknown_region,
+        agent: match cfg.report_language_model() {
+            Some(path) => Some(std::sync::Arc::new(std::sync::Mutex::new(
+                spineagent::analyze::report_agent(&path, cfg.report.budget_seconds, cfg.report.max_new_tokens)?,
+            ))),
+            None => None,
+        },
         metrics,
         delivery,
         encoded,

@@ -40,6 +40,8 @@ pub struct ReportStage {
     pub accept_unknown_region: bool,
     /// Slices encoded as they arrived (None: everything is encoded here).
     pub encoded: Option<Arc<crate::stream::EncodeCache>>,
+    /// The report agent (language model + verifier); None = the composer.
+    pub agent: Option<Arc<std::sync::Mutex<spineagent_engine::report::agent::ReportAgent>>>,
     /// None = no destinations: reports stay in the spool.
     pub delivery: Option<Arc<Delivery>>,
 }
@@ -101,7 +103,14 @@ impl ReportStage {
         std::fs::create_dir_all(&root)?;
         let tmp = root.join(format!(".tmp-{uid}"));
         let _ = std::fs::remove_dir_all(&tmp);
-        let report = write_outputs(&self.models, &analyzed, &tmp, &self.triage, &self.codes)?;
+        let report = write_outputs(
+            &self.models,
+            &analyzed,
+            &tmp,
+            &self.triage,
+            &self.codes,
+            self.agent.as_deref(),
+        )?;
         for f in std::fs::read_dir(&tmp)?.flatten() {
             std::fs::File::open(f.path())?.sync_all()?;
         }

@@ -1,12 +1,14 @@
 //! From the agents' findings to the report: triage categories and the
 //! deterministic composer.
 
+pub mod agent;
 pub mod codes;
 pub mod compose;
 mod elements;
 pub mod seg;
 pub mod sr;
 pub mod triage;
+pub mod verify;
 
 pub use compose::{Report, compose};
 pub use triage::{Category, Triage};

@@ -9,4 +9,5 @@ mod malformed;
 mod operations;
 mod peers;
 mod phantom;
+mod report_agent;
 mod transfer_syntaxes;

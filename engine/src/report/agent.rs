@@ -1,0 +1,151 @@
+//! The Medical Report Agent: the language model writes the findings and
+//! impression from the agents' structured tokens; the verifier checks the
+//! draft against the agents' findings; on a violation the model writes
+//! again with the discrepancies stated; if that fails too, or the time
+//! budget runs out, the deterministic composer's text is used. Whatever is
+//! used, the outcome says which text it is and why (the SR records it).
+
+use std::time::{Duration, Instant};
+
+use crate::analysis::StudyAnalysis;
+use crate::lm::{Generated, ReportLm, prompt};
+
+use super::compose::Report;
+use super::verify::{Discrepancy, verify};
+
+/// Who wrote the report text.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TextSource {
+    LanguageModel,
+    Composer,
+}
+
+/// One draft and what the verifier found in it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Draft {
+    pub text: String,
+    pub discrepancies: Vec<String>,
+    pub new_tokens: usize,
+    pub prompt_tokens: usize,
+    pub seconds: f64,
+    pub tokens_per_second: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AgentOutcome {
+    /// The report to use (the composer's, or the model's split into its two
+    /// sections).
+    pub report: Report,
+    pub source: TextSource,
+    /// Why this text: "verified", or the reason for the fallback.
+    pub reason: String,
+    pub drafts: Vec<Draft>,
+}
+
+impl AgentOutcome {
+    /// One line for the SR and the logs.
+    pub fn describe(&self, model: &str) -> String {
+        match self.source {
+            TextSource::LanguageModel => format!("language model {model} ({})", self.reason),
+            TextSource::Composer => format!("deterministic composer ({})", self.reason),
+        }
+    }
+}
+
+pub struct ReportAgent {
+    pub lm: ReportLm,
+    /// Longest a report may take, all drafts together.
+    pub budget: Duration,
+    pub max_new_tokens: usize,
+    /// Drafts written before falling back (the first and one correction).
+    pub attempts: usize,
+}
+
+/// Splits a model text into its FINDINGS and IMPRESSION sections.
+fn sections(text: &str) -> Option<(String, String)> {
+    let upper = text.to_uppercase();
+    let i = upper.find("IMPRESSION")?;
+    let findings = text[..i].trim().to_string();
+    let impression = text[i..].trim().to_string();
+    if !findings.to_uppercase().contains("FINDINGS") {
+        return None;
+    }
+    Some((findings, impression))
+}
+
+impl ReportAgent {
+    pub fn write(&mut self, analysis: &StudyAnalysis, composed: &Report) -> AgentOutcome {
+        let started = Instant::now();
+        let deadline = started + self.budget;
+        let mut drafts = Vec::new();
+        let mut correction: Option<String> = None;
+        let fallback = |reason: String, drafts: Vec<Draft>| AgentOutcome {
+            report: composed.clone(),
+            source: TextSource::Composer,
+            reason,
+            drafts,
+        };
+        for _ in 0..self.attempts.max(1) {
+            if Instant::now() >= deadline {
+                return fallback(format!("report budget of {:?} spent", self.budget), drafts);
+            }
+            let parts = prompt::build(
+                &composed.region,
+                &analysis.structured_tokens,
+                None,
+                correction.as_deref(),
+            );
+            let t = Instant::now();
+            let generated: Generated = match self.lm.generate(&parts, self.max_new_tokens, Some(deadline), |_| {}) {
+                Ok(g) => g,
+                Err(e) => return fallback(format!("language model failed: {e}"), drafts),
+            };
+            let mut found: Vec<Discrepancy> = verify(&generated.text, &analysis.findings);
+            if generated.truncated && found.is_empty() {
+                found.push(Discrepancy::Structure("end of the report (generation was cut off)"));
+            }
+            let described: Vec<String> = found.iter().map(|d| d.to_string()).collect();
+            drafts.push(Draft {
+                text: generated.text.clone(),
+                discrepancies: described.clone(),
+                new_tokens: generated.new_tokens,
+                prompt_tokens: generated.prompt_tokens,
+                seconds: t.elapsed().as_secs_f64(),
+                tokens_per_second: generated.tokens_per_second(),
+            });
+            if found.is_empty()
+                && let Some((findings, impression)) = sections(&generated.text)
+            {
+                return AgentOutcome {
+                    report: Report {
+                        region: composed.region.clone(),
+                        findings,
+                        impression,
+                        category: composed.category,
+                    },
+                    source: TextSource::LanguageModel,
+                    reason: format!("verified, draft {}", drafts.len()),
+                    drafts,
+                };
+            }
+            correction = Some(described.join("; "));
+        }
+        let last = drafts.last().map(|d| d.discrepancies.join("; ")).unwrap_or_default();
+        fallback(format!("{} draft(s) failed verification: {last}", drafts.len()), drafts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_text_is_split_into_its_sections() {
+        let (f, i) = sections("FINDINGS:\nDISCS: ok.\n\nIMPRESSION:\n1. Normal.").unwrap();
+        assert_eq!(f, "FINDINGS:\nDISCS: ok.");
+        assert_eq!(i, "IMPRESSION:\n1. Normal.");
+        assert!(sections("DISCS: ok. IMPRESSION: 1.").is_none());
+        assert!(sections("FINDINGS: ok.").is_none());
+    }
+}

@@ -1,0 +1,73 @@
+//! The report agent on a full phantom study: SmolLM2-135M-Instruct (GGUF
+//! from `scripts/setup`) writes drafts from the structured tokens, the
+//! verifier checks them, and whatever text ends up in the report states no
+//! finding the agents did not find. The untuned base model usually fails
+//! verification, so this mostly exercises the regeneration and the
+//! fallback; both paths are checked for what they must record.
+
+use std::process::Command;
+
+use spineagent_tests::*;
+
+#[test]
+fn the_report_agent_never_reports_a_finding_the_agents_did_not_find() {
+    let lm = root().join("models/lm/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(lm.exists(), "{} missing: run scripts/setup", lm.display());
+    let tmp = tempfile::tempdir().unwrap();
+    let study = tmp.path().join("s");
+    run(Command::new(bin())
+        .args(["phantom", "study", "--seed", "880051", "--region", "lumbar", "--vendor", "ge", "--standard"])
+        .args(["--finding", "herniation:L4-L5:right:severe:extrusion", "--out"])
+        .arg(&study));
+    let out = tmp.path().join("o");
+    run(Command::new(bin())
+        .args(["analyze", "--threads", "2", "--max-new-tokens", "96", "--report-budget", "600"])
+        .arg("--language-model")
+        .arg(&lm)
+        .arg("--out")
+        .arg(&out)
+        .arg(&study));
+    let agent: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report_agent.json")).unwrap()).unwrap();
+    let drafts = agent["drafts"].as_array().unwrap();
+    assert!(!drafts.is_empty());
+    for d in drafts {
+        assert!(d["prompt_tokens"].as_u64().unwrap() > 100, "{d}");
+        assert!(d["new_tokens"].as_u64().unwrap() > 0, "{d}");
+    }
+    let report = std::fs::read_to_string(out.join("report.txt")).unwrap();
+    let reason = agent["reason"].as_str().unwrap();
+    match agent["source"].as_str().unwrap() {
+        "composer" => {
+            assert_eq!(report, std::fs::read_to_string(out.join("report_composer.txt")).unwrap());
+            assert!(reason.contains("failed verification") || reason.contains("budget"), "{reason}");
+            // A failed draft names what was wrong with it.
+            assert!(!drafts.last().unwrap()["discrepancies"].as_array().unwrap().is_empty());
+        }
+        "language_model" => assert!(reason.starts_with("verified"), "{reason}"),
+        other => panic!("unknown text source {other}"),
+    }
+    // Whoever wrote it, the report states only what the agents found.
+    let analysis: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("analysis.json")).unwrap()).unwrap();
+    let findings = analysis["findings"].as_array().unwrap();
+    for s in spineagent_engine::report::verify::stated_findings(&report) {
+        assert!(
+            findings.iter().any(|f| f["condition"] == s.condition && f["level"] == s.level.as_str()),
+            "{s:?} stated but not found by the agents:\n{report}"
+        );
+    }
+    // The SR says which text it carries and why.
+    let dump = String::from_utf8_lossy(&run(Command::new("dsrdump").arg("+Pl").arg(out.join("sr.dcm"))).stdout)
+        .to_string();
+    let line = dump
+        .lines()
+        .find(|l| l.contains("Report text source"))
+        .expect("text source in the SR");
+    let expected = if agent["source"] == "composer" {
+        "deterministic composer ("
+    } else {
+        "language model SmolLM2"
+    };
+    assert!(line.contains(expected), "{line}");
+}
