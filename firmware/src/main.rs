@@ -55,6 +55,15 @@ enum Command {
         #[arg(long, default_value_t = 131072)]
         max_pdu: u32,
     },
+    /// Read a report text as the report agent's verifier does: the
+    /// findings it states (JSON), and with --analysis the discrepancies
+    /// against that analysis's findings. Exit status 1 when any.
+    VerifyReport {
+        text: PathBuf,
+        /// analysis.json from `spineagent analyze --out`.
+        #[arg(long)]
+        analysis: Option<PathBuf>,
+    },
     /// Synthetic spine MRI studies with ground truth (phantoms).
     Phantom {
         #[command(subcommand)]
@@ -573,6 +582,36 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bundle { command } => {
             bundle(command)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::VerifyReport { text, analysis } => {
+            use spineagent_engine::report::verify;
+            let body = std::fs::read_to_string(&text).with_context(|| format!("reading {}", text.display()))?;
+            let stated: Vec<serde_json::Value> = verify::stated_findings(&body)
+                .into_iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "condition": s.condition, "level": s.level, "side": s.side, "severity": s.severity
+                    })
+                })
+                .collect();
+            let discrepancies: Vec<String> = match &analysis {
+                Some(path) => {
+                    let a: serde_json::Value = serde_json::from_slice(&std::fs::read(path)?)?;
+                    let findings: Vec<spineagent_engine::analysis::Finding> =
+                        serde_json::from_value(a["findings"].clone()).context("findings of the analysis")?;
+                    verify::verify(&body, &findings).iter().map(|d| d.to_string()).collect()
+                }
+                None => Vec::new(),
+            };
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({"stated": stated, "discrepancies": discrepancies}))?
+            );
+            Ok(if discrepancies.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Phantom { command } => {
             phantom(command)?;

@@ -190,7 +190,7 @@ pub struct SliceMasks {
     pub level: Vec<u8>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Finding {
     pub condition: String,
     pub level: String,

@@ -16,12 +16,30 @@ fn the_report_agent_never_reports_a_finding_the_agents_did_not_find() {
     let tmp = tempfile::tempdir().unwrap();
     let study = tmp.path().join("s");
     run(Command::new(bin())
-        .args(["phantom", "study", "--seed", "880051", "--region", "lumbar", "--vendor", "ge", "--standard"])
+        .args([
+            "phantom",
+            "study",
+            "--seed",
+            "880051",
+            "--region",
+            "lumbar",
+            "--vendor",
+            "ge",
+            "--standard",
+        ])
         .args(["--finding", "herniation:L4-L5:right:severe:extrusion", "--out"])
         .arg(&study));
     let out = tmp.path().join("o");
     run(Command::new(bin())
-        .args(["analyze", "--threads", "2", "--max-new-tokens", "96", "--report-budget", "600"])
+        .args([
+            "analyze",
+            "--threads",
+            "2",
+            "--max-new-tokens",
+            "96",
+            "--report-budget",
+            "600",
+        ])
         .arg("--language-model")
         .arg(&lm)
         .arg("--out")
@@ -39,8 +57,14 @@ fn the_report_agent_never_reports_a_finding_the_agents_did_not_find() {
     let reason = agent["reason"].as_str().unwrap();
     match agent["source"].as_str().unwrap() {
         "composer" => {
-            assert_eq!(report, std::fs::read_to_string(out.join("report_composer.txt")).unwrap());
-            assert!(reason.contains("failed verification") || reason.contains("budget"), "{reason}");
+            assert_eq!(
+                report,
+                std::fs::read_to_string(out.join("report_composer.txt")).unwrap()
+            );
+            assert!(
+                reason.contains("failed verification") || reason.contains("budget"),
+                "{reason}"
+            );
             // A failed draft names what was wrong with it.
             assert!(!drafts.last().unwrap()["discrepancies"].as_array().unwrap().is_empty());
         }
@@ -53,13 +77,15 @@ fn the_report_agent_never_reports_a_finding_the_agents_did_not_find() {
     let findings = analysis["findings"].as_array().unwrap();
     for s in spineagent_engine::report::verify::stated_findings(&report) {
         assert!(
-            findings.iter().any(|f| f["condition"] == s.condition && f["level"] == s.level.as_str()),
+            findings
+                .iter()
+                .any(|f| f["condition"] == s.condition && f["level"] == s.level.as_str()),
             "{s:?} stated but not found by the agents:\n{report}"
         );
     }
     // The SR says which text it carries and why.
-    let dump = String::from_utf8_lossy(&run(Command::new("dsrdump").arg("+Pl").arg(out.join("sr.dcm"))).stdout)
-        .to_string();
+    let dump =
+        String::from_utf8_lossy(&run(Command::new("dsrdump").arg("+Pl").arg(out.join("sr.dcm"))).stdout).to_string();
     let line = dump
         .lines()
         .find(|l| l.contains("Report text source"))
