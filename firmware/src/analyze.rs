@@ -37,9 +37,19 @@ pub fn default_bundle() -> PathBuf {
 
 /// Loads the report agent's language model (and warms it up with a short
 /// generation, so the first report does not pay for page faults).
-pub fn report_agent(path: &Path, budget_seconds: f64, max_new_tokens: usize) -> anyhow::Result<ReportAgent> {
+pub fn report_agent(
+    path: &Path,
+    adapter: Option<(&Path, f64)>,
+    budget_seconds: f64,
+    max_new_tokens: usize,
+) -> anyhow::Result<ReportAgent> {
     let started = std::time::Instant::now();
-    let mut lm = spineagent_engine::lm::ReportLm::load(path, &Default::default())
+    let loras = match adapter {
+        Some((file, scale)) => spineagent_engine::lm::load_loras(file, scale)
+            .with_context(|| format!("loading the adapter {}", file.display()))?,
+        None => Default::default(),
+    };
+    let mut lm = spineagent_engine::lm::ReportLm::load(path, &loras)
         .with_context(|| format!("loading the report language model {}", path.display()))?;
     let warm = lm.generate(
         &[spineagent_engine::lm::PromptPart::Text(

@@ -132,6 +132,13 @@ pub struct ReportConfig {
     /// deterministic composer writes every report.
     #[serde(default)]
     pub language_model: Option<PathBuf>,
+    /// LoRA adapters for the language model (safetensors, see
+    /// `engine::lm::load_loras`); applied at load time.
+    #[serde(default)]
+    pub adapter: Option<PathBuf>,
+    /// alpha / rank of the adapters.
+    #[serde(default = "default_adapter_scale")]
+    pub adapter_scale: f64,
     /// Seconds the language model may take per report (all drafts); past
     /// it the composer's text is used.
     #[serde(default = "default_report_budget")]
@@ -139,6 +146,10 @@ pub struct ReportConfig {
     /// Longest draft, in tokens.
     #[serde(default = "default_max_new_tokens")]
     pub max_new_tokens: usize,
+}
+
+fn default_adapter_scale() -> f64 {
+    1.0
 }
 
 fn default_report_budget() -> f64 {
@@ -153,6 +164,8 @@ impl Default for ReportConfig {
     fn default() -> Self {
         ReportConfig {
             language_model: None,
+            adapter: None,
+            adapter_scale: default_adapter_scale(),
             budget_seconds: default_report_budget(),
             max_new_tokens: default_max_new_tokens(),
         }
@@ -484,6 +497,10 @@ impl Config {
 
     pub fn report_language_model(&self) -> Option<PathBuf> {
         self.report.language_model.as_ref().map(|p| self.base_dir.join(p))
+    }
+
+    pub fn report_adapter(&self) -> Option<PathBuf> {
+        self.report.adapter.as_ref().map(|p| self.base_dir.join(p))
     }
 
     pub fn engine_cache_dir(&self) -> PathBuf {

@@ -97,6 +97,9 @@ enum Command {
         /// deterministic composer writes the text.
         #[arg(long)]
         language_model: Option<PathBuf>,
+        /// LoRA adapters for the language model (safetensors).
+        #[arg(long)]
+        lm_adapter: Option<PathBuf>,
         /// Seconds the report agent may take (all drafts).
         #[arg(long, default_value_t = 60.0)]
         report_budget: f64,
@@ -502,6 +505,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             threads,
             accept_unknown_region,
             language_model,
+            lm_adapter,
             report_budget,
             max_new_tokens,
             out,
@@ -510,6 +514,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let agent = match &language_model {
                 Some(path) => Some(std::sync::Mutex::new(spineagent::analyze::report_agent(
                     path,
+                    lm_adapter.as_deref().map(|a| (a, 1.0)),
                     report_budget,
                     max_new_tokens,
                 )?)),
@@ -659,7 +664,12 @@ fn report_stage(
         accept_unknown_region: cfg.assembly.accept_unknown_region,
         agent: match cfg.report_language_model() {
             Some(path) => Some(std::sync::Arc::new(std::sync::Mutex::new(
-                spineagent::analyze::report_agent(&path, cfg.report.budget_seconds, cfg.report.max_new_tokens)?,
+                spineagent::analyze::report_agent(
+                    &path,
+                    cfg.report_adapter().as_deref().map(|a| (a, cfg.report.adapter_scale)),
+                    cfg.report.budget_seconds,
+                    cfg.report.max_new_tokens,
+                )?,
             ))),
             None => None,
         },

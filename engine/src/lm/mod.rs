@@ -193,9 +193,82 @@ impl ReportLm {
     }
 }
 
+/// Reads LoRA adapters from a safetensors file: for each adapted
+/// projection `P` (GGUF names, e.g. `blk.3.attn_q`), tensors `P.lora_a`
+/// [rank, in] and `P.lora_b` [out, rank]; `scale` is alpha / rank.
+pub fn load_loras(path: &Path, scale: f64) -> Result<HashMap<String, Lora>, LmError> {
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| LmError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let mut out = HashMap::new();
+    for (name, a) in &tensors {
+        let Some(base) = name.strip_suffix(".lora_a") else {
+            continue;
+        };
+        let Some(b) = tensors.get(&format!("{base}.lora_b")) else {
+            return Err(LmError::Read {
+                path: path.display().to_string(),
+                reason: format!("{base}.lora_a without {base}.lora_b"),
+            });
+        };
+        if a.dim(0)? != b.dim(1)? {
+            return Err(LmError::Read {
+                path: path.display().to_string(),
+                reason: format!("{base}: rank of lora_a {:?} and lora_b {:?} differ", a.dims(), b.dims()),
+            });
+        }
+        out.insert(
+            base.to_string(),
+            Lora {
+                a: a.to_dtype(candle_core::DType::F32)?,
+                b: b.to_dtype(candle_core::DType::F32)?,
+                scale,
+            },
+        );
+    }
+    Ok(out)
+}
+
 /// Seconds a generation of `new` tokens after a `prompt`-token prompt is
 /// expected to take, from measured rates.
 pub fn expected_seconds(prompt: usize, new: usize, prefill_per_s: f64, decode_per_s: f64) -> Duration {
     let s = prompt as f64 / prefill_per_s.max(1e-6) + new as f64 / decode_per_s.max(1e-6);
     Duration::from_secs_f64(s.min(1e6))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adapters_are_read_in_pairs_with_matching_ranks() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Device::Cpu;
+        let path = dir.path().join("adapter.safetensors");
+        let mut t = HashMap::new();
+        t.insert(
+            "blk.0.attn_q.lora_a".to_string(),
+            Tensor::zeros((4, 8), candle_core::DType::F32, &d).unwrap(),
+        );
+        t.insert(
+            "blk.0.attn_q.lora_b".to_string(),
+            Tensor::ones((8, 4), candle_core::DType::F32, &d).unwrap(),
+        );
+        candle_core::safetensors::save(&t, &path).unwrap();
+        let loras = load_loras(&path, 2.0).unwrap();
+        assert_eq!(loras.len(), 1);
+        assert_eq!(loras["blk.0.attn_q"].scale, 2.0);
+
+        t.insert(
+            "blk.1.attn_v.lora_a".to_string(),
+            Tensor::zeros((3, 8), candle_core::DType::F32, &d).unwrap(),
+        );
+        t.insert(
+            "blk.1.attn_v.lora_b".to_string(),
+            Tensor::zeros((8, 4), candle_core::DType::F32, &d).unwrap(),
+        );
+        candle_core::safetensors::save(&t, &path).unwrap();
+        assert!(load_loras(&path, 1.0).unwrap_err().to_string().contains("rank"));
+    }
 }
