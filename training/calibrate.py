@@ -13,7 +13,7 @@ import torch
 
 from spinefm import labels as L
 from spinefm.data import covered_positions, finding_targets
-from spinefm.pipeline import Agents
+from spinefm.pipeline import Agents, load_agents
 from evaluate import predict
 
 
@@ -26,8 +26,7 @@ def main():
     ck = torch.load(args.work / args.agents, weights_only=False)
     cache = torch.load(args.work / "cache.pt", weights_only=False)
     fs = torch.load(str(args.work / args.agents) + ".features", weights_only=False)
-    agents = Agents()
-    agents.load_state_dict(ck["agents"])
+    agents = load_agents(ck["agents"])
     agents.eval()
     rows = predict(agents, cache["validation"], fs["routed"]["validation"])
     thresholds = {}

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from spinefm import labels as L
 from spinefm.data import covered_positions, finding_targets
-from spinefm.pipeline import Agents, run_study
+from spinefm.pipeline import Agents, load_agents, run_study
 from train_agents import as_float, visible_slices
 
 
@@ -88,7 +88,10 @@ def condition_metrics(rows):
             cov = covered_positions(r["study"]) & valid
             yl += p[cov, c].tolist()
             sl += r["presence"][cov, c].tolist()
-            ys.append(int(p[:, c].max() > 0))
+            # The study is positive when the condition is at a position the
+            # agents are asked about (a finding at a level no usable series
+            # shows cannot be scored, as at the level positions above).
+            ys.append(int(p[cov, c].max() > 0) if cov.any() else 0)
             ss.append(float(r["presence"][cov, c].max()) if cov.any() else 0.0)
         per[name] = {
             "level_auroc": auroc(yl, sl),
@@ -202,9 +205,7 @@ def main():
     ck = torch.load(args.work / args.agents, weights_only=False)
     cache = torch.load(args.work / "cache.pt", weights_only=False)
     fs = torch.load(str(args.work / args.agents) + ".features", weights_only=False)
-    agents, ablation = Agents(), Agents()
-    agents.load_state_dict(ck["agents"])
-    ablation.load_state_dict(ck["agents_ablation"])
+    agents, ablation = load_agents(ck["agents"]), load_agents(ck["agents_ablation"])
     agents.eval(), ablation.eval()
     sets = {
         "in-vendor (validation + test)": ("validation", "test"),
@@ -300,7 +301,7 @@ def write_report(path, results, ck):
             + "; report to image "
             + ", ".join(f"{k} {fmt(v, 2)}" for k, v in r["retrieval"]["report_to_image"].items())
             + ".",
-            "- Ablation (same agents architecture and training time, other sequences through the"
+            "- Ablation (same agents architecture and recipe, steps above; other sequences through the"
             f" synthesizer vs the T2 encoder alone): mean level AUROC {fmt(r['ablation']['synthesizer_mean_level_auroc'][0])}"
             f" vs {fmt(r['ablation']['single_encoder_mean_level_auroc'][0])}; per study"
             f" {fmt(r['ablation']['synthesizer_mean_study_auroc'][0])} vs {fmt(r['ablation']['single_encoder_mean_study_auroc'][0])}.",

@@ -22,10 +22,23 @@ import torch.nn.functional as F
 from spinefm import labels as L
 from spinefm.data import RESIZE
 from spinefm.model import GRID, IMAGE, WIDTH, Encoder, Synthesizer, flops_per_slice
-from spinefm.pipeline import Agents, level_logits_per_patch, run_study
+from spinefm.pipeline import Agents, load_agents
 from train_agents import as_float, load_encoder
 
-VERSION = "0.1.0"
+VERSION = "0.2.0"
+
+
+def fold_channels(encoder):
+    """Training feeds channel 0 of the product's tensor to all three input
+    channels (data.load_study keeps one channel), but the engine feeds the
+    three channels normalized with their own mean/std, which differ by up to
+    0.4. Folding the patch embedding onto channel 0 (sum of the three
+    channel kernels there, zero on 1 and 2) makes the exported encoder see
+    exactly what it was trained on, whatever channels 1 and 2 hold."""
+    with torch.no_grad():
+        w = encoder.patch.weight
+        w[:, 0] = w.sum(dim=1)
+        w[:, 1:] = 0
 
 
 class SliceAgentsExport(nn.Module):
@@ -44,7 +57,7 @@ class SeriesPoolExport(nn.Module):
         self.a = agents.series
 
     def forward(self, cls, patches, segmentation):
-        return self.a(cls, patches, level_logits_per_patch(segmentation))
+        return self.a(cls, patches, segmentation)
 
 
 class PatientExport(nn.Module):
@@ -217,10 +230,10 @@ def main():
     ck = torch.load(w / args.agents, weights_only=False)
     # The encoders the agents were trained on (paths recorded in the checkpoint).
     t1, t2 = load_encoder(ck["t1"]), load_encoder(ck["t2"])
+    fold_channels(t1), fold_channels(t2)
     synth = Synthesizer(t1, t2)
     synth.weights.data.copy_(ck["synthesizer"])
-    agents = Agents()
-    agents.load_state_dict(ck["agents"])
+    agents = load_agents(ck["agents"])
     agents.eval()
 
     torch.manual_seed(0)

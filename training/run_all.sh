@@ -26,8 +26,11 @@ wait
 "$PY" finetune.py --cache "../$WORK/cache.pt" --family t1 --encoder "../$WORK/enc_t1.pt" --out "../$WORK/enc_t1_ft.pt" --minutes 14 --batch 32 --threads 1 &
 "$PY" finetune.py --cache "../$WORK/cache.pt" --family t2 --encoder "../$WORK/enc_t2.pt" --out "../$WORK/enc_t2_ft.pt" --minutes 14 --batch 32 --threads 1 --seed 1 &
 wait
+# Agents in two stages: slice agents (segmentation, recognition), then the
+# rest on their frozen outputs; the ablation the same way, shorter.
 "$PY" train_agents.py --cache "../$WORK/cache.pt" --t1 "../$WORK/enc_t1_ft.pt" --t2 "../$WORK/enc_t2_ft.pt" \
-  --out "../$WORK/agents.pt" --synth-minutes 3 --agent-minutes 10 --ablation-minutes 10
+  --out "../$WORK/agents.pt" --synth-minutes 3 --slice-minutes 10 --study-minutes 5 \
+  --ablation-slice-minutes 6 --ablation-study-minutes 3 --threads 2
 "$PY" export.py --work "../$WORK" --out ../models/spinefm-tiny
 "$PY" calibrate.py --work "../$WORK" --bundle ../models/spinefm-tiny
 "$PY" evaluate.py --work "../$WORK" --out ../models/spinefm-tiny/EVALUATION.md

@@ -209,23 +209,49 @@ class SliceAgents(nn.Module):
 
 class SeriesPool(nn.Module):
     """Slices -> series embedding (gated attention; its weights select the
-    findings-relevant slices) and level-wise features (patch tokens pooled by
-    the predicted level of each patch)."""
+    findings-relevant slices) and level-wise features: patch tokens pooled by
+    the predicted level of each patch, plus a learned projection of the
+    predicted lesion evidence at each level (mean and peak lesion probability
+    inside the level, from the segmentation's lesion and level maps), so the
+    condition agents see a small lesion that a mean over the whole vertebra
+    would wash out."""
 
     def __init__(self, dim=WIDTH):
         super().__init__()
         self.pool = GatedAttentionPool(dim)
         self.mix = nn.Linear(2 * dim, dim)
+        self.lesion = nn.Linear(2 * len(L.LESION), dim)
+        nn.init.zeros_(self.lesion.weight)
+        nn.init.zeros_(self.lesion.bias)
 
-    def forward(self, cls, patches, level_logits):
-        """cls [S,D], patches [S,N,D], level_logits [S,LV,G,G] (per-patch) ->
-        series [D], attention [S], level_features [LV,D], level_mass [LV]."""
-        x = self.mix(torch.cat([cls, patches.mean(dim=1)], dim=-1))
-        series, attn = self.pool(x.unsqueeze(0))
-        probs = level_logits.flatten(2).softmax(dim=1)  # [S, LV, N]
+    @staticmethod
+    def level_stats(patches, segmentation):
+        """Parameter-free part. patches [S,N,D], segmentation [S,K,4G,4G] ->
+        patch features per level [LV,D], level mass [LV], lesion evidence
+        per level [LV, 2*LESION] (mean, peak)."""
+        a, les = len(L.ANATOMY), len(L.LESION)
+        level = segmentation[:, a + les :]
+        g = int(round(math.sqrt(patches.shape[1])))
+        probs = F.adaptive_avg_pool2d(level, g).flatten(2).softmax(dim=1)  # [S, LV, N]
         mass = probs.sum(dim=(0, 2))  # [LV]
         feats = torch.einsum("svn,snd->vd", probs, patches) / (mass.unsqueeze(-1) + 1e-3)
-        return series[0], attn[0], feats, mass
+        lp = level.flatten(2).softmax(dim=1)  # [S, LV, M]
+        ep = segmentation[:, a : a + les].flatten(2).softmax(dim=1)  # [S, LES, M]
+        mean = torch.einsum("svm,slm->vl", lp, ep) / (lp.sum(dim=(0, 2)).unsqueeze(-1) + 1e-3)
+        peak = (lp.unsqueeze(2) * ep.unsqueeze(1)).amax(dim=3).amax(dim=0)  # [LV, LES]
+        return feats, mass, torch.cat([mean, peak], dim=-1)
+
+    def embed(self, cls, patch_mean):
+        x = self.mix(torch.cat([cls, patch_mean], dim=-1))
+        series, attn = self.pool(x.unsqueeze(0))
+        return series[0], attn[0]
+
+    def forward(self, cls, patches, segmentation):
+        """cls [S,D], patches [S,N,D], segmentation [S,K,4G,4G] (slice agents) ->
+        series [D], attention [S], level_features [LV,D], level_mass [LV]."""
+        series, attn = self.embed(cls, patches.mean(dim=1))
+        feats, mass, lesion = self.level_stats(patches, segmentation)
+        return series, attn, feats + self.lesion(lesion), mass
 
 
 class PatientModel(nn.Module):

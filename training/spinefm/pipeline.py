@@ -28,30 +28,62 @@ def level_logits_per_patch(seg_logits):
     return F.adaptive_avg_pool2d(level, GRID)
 
 
-def run_study(agents: Agents, items):
-    """items: per series stack {cls [S,D], patches [S,N,D], rec_cls [S,D], slot}.
-    Returns per-item outputs and the study-level tensors."""
-    per_item = []
+def series_stats(agents: Agents, it):
+    """One series stack through the slice agents and the parameter-free part
+    of the series pool. Returns (seg, recognition, stats for `combine`)."""
+    seg, _ = agents.slice(it["cls"], it["patches"])
+    rec = agents.slice.recognize(it["rec_cls"])
+    pf, mass, lesion = agents.series.level_stats(it["patches"], seg)
+    stats = {"cls": it["cls"], "patch_mean": it["patches"].mean(dim=1), "pf": pf, "mass": mass,
+             "lesion": lesion, "slot": it["slot"]}  # fmt: skip
+    return seg, rec, stats
+
+
+def combine(agents: Agents, stats):
+    """Series stats of one study -> per-series attention and the study-level
+    tensors (the same steps as the Rust engine after slice_agents)."""
     slot_sum = torch.zeros(len(L.SLOTS), len(L.LEVELS), WIDTH)
     slot_mass = torch.zeros(len(L.SLOTS), len(L.LEVELS))
-    series_embs, slots = [], []
-    for it in items:
-        seg, _ = agents.slice(it["cls"], it["patches"])
-        rec = agents.slice.recognize(it["rec_cls"])
-        series, attn, feats, mass = agents.series(it["cls"], it["patches"], level_logits_per_patch(seg))
-        slot_sum[it["slot"]] += feats * mass.unsqueeze(-1)
-        slot_mass[it["slot"]] += mass
+    series_embs, slots, attns = [], [], []
+    for st in stats:
+        series, attn = agents.series.embed(st["cls"], st["patch_mean"])
+        feats = st["pf"] + agents.series.lesion(st["lesion"])
+        mass = st["mass"]
+        slot_sum = slot_sum.index_add(0, torch.tensor([st["slot"]]), (feats * mass.unsqueeze(-1)).unsqueeze(0))
+        slot_mass = slot_mass.index_add(0, torch.tensor([st["slot"]]), mass.unsqueeze(0))
         series_embs.append(series)
-        slots.append(it["slot"])
-        per_item.append({"seg": seg, "recognition": rec, "attention": attn})
+        slots.append(st["slot"])
+        attns.append(attn)
     level_features = slot_sum / (slot_mass.unsqueeze(-1) + 1e-3)
     slot_mask = (slot_mass.sum(-1) > 0).float()
     series = torch.stack(series_embs).unsqueeze(0)
     slot_onehot = F.one_hot(torch.tensor(slots), len(L.SLOTS)).float().unsqueeze(0)
-    patient, retrieval, _ = agents.patient(series, slot_onehot, torch.ones(1, len(items)))
-    return per_item, {
+    patient, retrieval, _ = agents.patient(series, slot_onehot, torch.ones(1, len(stats)))
+    return attns, {
         "level_features": level_features,
         "slot_mask": slot_mask,
         "patient": patient[0],
         "retrieval": retrieval[0],
     }
+
+
+def run_study(agents: Agents, items):
+    """items: per series stack {cls [S,D], patches [S,N,D], rec_cls [S,D], slot}.
+    Returns per-item outputs and the study-level tensors."""
+    segs, recs, stats = [], [], []
+    for it in items:
+        seg, rec, st = series_stats(agents, it)
+        segs.append(seg), recs.append(rec), stats.append(st)
+    attns, out = combine(agents, stats)
+    per_item = [{"seg": s, "recognition": r, "attention": a} for s, r, a in zip(segs, recs, attns)]
+    return per_item, out
+
+
+def load_agents(state):
+    """Agents from a checkpoint's state dict. Checkpoints from before the
+    series pool's lesion evidence lack its projection: it starts at zero,
+    which is exactly the old computation."""
+    agents = Agents()
+    missing, unexpected = agents.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith("series.lesion.") for k in missing), (missing, unexpected)
+    return agents
