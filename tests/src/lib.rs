@@ -212,7 +212,7 @@ impl Daemon {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(90);
         while Instant::now() < deadline {
             if self.http_get("/healthz").map(|(s, _)| s == 200).unwrap_or(false) {
                 return;

