@@ -266,10 +266,16 @@ fn daemon_reports_received_studies_including_one_completed_before_a_restart() {
                 .contains("IMPRESSION:")
         );
     }
-    let reports: f64 = ["critical", "urgent", "routine"]
-        .iter()
-        .map(|c| d.metric(&format!("spineagent_reports_total{{category=\"{c}\"}}")))
-        .sum();
-    assert_eq!(reports, 2.0);
+    // The report directory appears (rename) just before the stage counts it.
+    let reports = || -> f64 {
+        ["critical", "urgent", "routine"]
+            .iter()
+            .map(|c| d.metric(&format!("spineagent_reports_total{{category=\"{c}\"}}")))
+            .sum()
+    };
+    d.wait_for("two reports counted", std::time::Duration::from_secs(30), || {
+        reports() >= 2.0
+    });
+    assert_eq!(reports(), 2.0);
     assert!(d.log().contains("report written"));
 }

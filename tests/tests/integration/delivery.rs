@@ -169,7 +169,9 @@ fn reports_reach_orthanc_with_their_coded_findings_and_skipped_series() {
     // The slices were encoded as they arrived, and that changed nothing:
     // the offline analysis of the spooled files, everything encoded at once,
     // finds the same findings with the same probabilities.
-    assert!(d.metric("spineagent_stream_slices_encoded_total") >= 60.0);
+    // (How many depends on how far the encoder got before the study
+    // completed; the rest are encoded at completion.)
+    assert!(d.metric("spineagent_stream_slices_encoded_total") > 0.0);
     let offline = run(Command::new(bin())
         .args(["analyze", "--json", "--threads", "2", "--bundle"])
         .arg(default_bundle())
