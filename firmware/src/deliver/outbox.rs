@@ -150,15 +150,19 @@ impl Outbox {
         write_atomically(&self.path(state, destination, &job.study), &bytes)
     }
 
-    /// Writes the job into `to` and removes it from the pending directory.
+    /// Moves a pending job to `to` with its final content: the content is
+    /// first replaced in place (atomically), then the file is renamed into
+    /// the other directory, so at every moment the job is in exactly one
+    /// place.
     pub fn finish(&self, to: State, destination: &str, job: &Job) -> std::io::Result<()> {
-        self.save(to, destination, job)?;
-        let pending = self.path(State::Pending, destination, &job.study);
-        match std::fs::remove_file(&pending) {
-            Ok(()) => std::fs::File::open(self.dir(State::Pending, destination))?.sync_all(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.save(State::Pending, destination, job)?;
+        let from = self.path(State::Pending, destination, &job.study);
+        let target = self.path(to, destination, &job.study);
+        let target_dir = self.dir(to, destination);
+        std::fs::create_dir_all(&target_dir)?;
+        std::fs::rename(&from, &target)?;
+        std::fs::File::open(&target_dir)?.sync_all()?;
+        std::fs::File::open(self.dir(State::Pending, destination))?.sync_all()
     }
 
     /// Every job of one destination in one state. Unreadable job files are
