@@ -29,6 +29,8 @@ pub struct Draft {
     pub new_tokens: usize,
     pub prompt_tokens: usize,
     pub seconds: f64,
+    /// Of `seconds`, reading the prompt (prefill).
+    pub prefill_seconds: f64,
     pub tokens_per_second: f64,
 }
 
@@ -112,6 +114,7 @@ impl ReportAgent {
                 new_tokens: generated.new_tokens,
                 prompt_tokens: generated.prompt_tokens,
                 seconds: t.elapsed().as_secs_f64(),
+                prefill_seconds: generated.prefill_seconds,
                 tokens_per_second: generated.tokens_per_second(),
             });
             if found.is_empty()
