@@ -696,3 +696,32 @@ impl Drop for Orthanc {
         self.stop();
     }
 }
+
+/// Generates a SYNTHETIC phantom study into `dir` (`spineagent phantom
+/// study`, with `extra` flags and forced `findings`); returns its truth.json.
+pub fn phantom_study(
+    dir: &Path,
+    seed: u64,
+    vendor: &str,
+    region: &str,
+    findings: &[&str],
+    extra: &[&str],
+) -> serde_json::Value {
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "phantom",
+        "study",
+        "--seed",
+        &seed.to_string(),
+        "--vendor",
+        vendor,
+        "--region",
+        region,
+    ])
+    .args(extra);
+    for f in findings {
+        cmd.args(["--finding", f]);
+    }
+    run(cmd.arg("--out").arg(dir));
+    serde_json::from_slice(&std::fs::read(dir.join("truth.json")).unwrap()).unwrap()
+}

@@ -22,22 +22,7 @@ fn default_bundle_passes_its_checks() {
 }
 
 fn study(dir: &Path, seed: u64, vendor: &str, findings: &[&str]) -> serde_json::Value {
-    let mut cmd = Command::new(bin());
-    cmd.args([
-        "phantom",
-        "study",
-        "--seed",
-        &seed.to_string(),
-        "--vendor",
-        vendor,
-        "--region",
-        "lumbar",
-    ]);
-    for f in findings {
-        cmd.args(["--finding", f]);
-    }
-    run(cmd.arg("--out").arg(dir));
-    serde_json::from_slice(&std::fs::read(dir.join("truth.json")).unwrap()).unwrap()
+    phantom_study(dir, seed, vendor, "lumbar", findings, &[])
 }
 
 fn analyze(dir: &Path, out: &Path) -> serde_json::Value {

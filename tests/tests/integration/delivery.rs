@@ -22,22 +22,7 @@ fn default_bundle() -> PathBuf {
 /// A lumbar phantom study (Siemens style) with the given forced findings;
 /// returns its ground truth and its files.
 fn phantom(dir: &Path, seed: u64, findings: &[&str]) -> (serde_json::Value, Vec<PathBuf>) {
-    let mut cmd = Command::new(bin());
-    cmd.args([
-        "phantom",
-        "study",
-        "--seed",
-        &seed.to_string(),
-        "--vendor",
-        "siemens",
-        "--region",
-        "lumbar",
-    ]);
-    for f in findings {
-        cmd.args(["--finding", f]);
-    }
-    run(cmd.arg("--out").arg(dir));
-    let truth: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("truth.json")).unwrap()).unwrap();
+    let truth = phantom_study(dir, seed, "siemens", "lumbar", findings, &[]);
     let mut files = Vec::new();
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         if e.file_name().to_string_lossy().starts_with("series_") {

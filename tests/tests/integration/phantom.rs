@@ -10,23 +10,7 @@ use spineagent::assemble::StudyReady;
 use spineagent_tests::*;
 
 fn make_study(dir: &Path, seed: u64, vendor: &str, region: &str) -> serde_json::Value {
-    run(Command::new(bin())
-        .args([
-            "phantom",
-            "study",
-            "--seed",
-            &seed.to_string(),
-            "--vendor",
-            vendor,
-            "--region",
-            region,
-            "--dixon",
-            "--contrast",
-            "--pd",
-            "--out",
-        ])
-        .arg(dir));
-    serde_json::from_slice(&std::fs::read(dir.join("truth.json")).unwrap()).unwrap()
+    phantom_study(dir, seed, vendor, region, &[], &["--dixon", "--contrast", "--pd"])
 }
 
 #[test]
