@@ -81,7 +81,7 @@ impl Delivery {
     /// state (the daemon stopped between writing the report and queueing
     /// it, or a destination was added).
     pub fn reconcile(&self) -> std::io::Result<()> {
-        let Ok(entries) = std::fs::read_dir(self.outbox.report_dir("").parent().expect("reports dir")) else {
+        let Ok(entries) = std::fs::read_dir(self.outbox.reports_root()) else {
             return Ok(());
         };
         for e in entries.flatten() {
@@ -240,4 +240,37 @@ impl Delivery {
 fn report_category(dir: &std::path::Path) -> Option<u8> {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("analysis.json")).ok()?).ok()?;
     v["triage"]["category"].as_u64().map(|c| c as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconciliation_queues_reports_that_no_destination_has() {
+        let tmp = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{}\n[[destination]]\nname = \"pacs\"\nae_title = \"PACS\"\naddress = \"127.0.0.1:104\"\n",
+            crate::config::DEFAULT_CONFIG_TOML
+        );
+        let cfg = Config::from_toml_str(&text, std::path::Path::new("t.toml"), tmp.path().to_owned()).unwrap();
+        let delivery = Delivery::new(&cfg, Arc::new(Metrics::new()));
+        let outbox = delivery.outbox();
+        // Written, never queued (the daemon died in between); and one
+        // already sent, which must not be queued again.
+        for study in ["1.2.3", "1.2.4"] {
+            let dir = outbox.report_dir(study);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("sr.dcm"), b"x").unwrap();
+        }
+        outbox
+            .save(State::Sent, "pacs", &Job::new("1.2.4", vec!["sr.dcm".into()], 3, 1.0))
+            .unwrap();
+        delivery.reconcile().unwrap();
+        assert_eq!(outbox.state_of("pacs", "1.2.3"), Some(State::Pending));
+        assert_eq!(outbox.state_of("pacs", "1.2.4"), Some(State::Sent));
+        let job: Job =
+            serde_json::from_slice(&std::fs::read(outbox.path(State::Pending, "pacs", "1.2.3")).unwrap()).unwrap();
+        assert_eq!(job.files, vec!["sr.dcm".to_string()]);
+    }
 }

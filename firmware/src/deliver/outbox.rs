@@ -116,8 +116,13 @@ impl Outbox {
         }
     }
 
+    /// `spool/reports`: one directory per reported study.
+    pub fn reports_root(&self) -> PathBuf {
+        self.spool.join("reports")
+    }
+
     pub fn report_dir(&self, study: &str) -> PathBuf {
-        self.spool.join("reports").join(study)
+        self.reports_root().join(study)
     }
 
     fn dir(&self, state: State, destination: &str) -> PathBuf {
