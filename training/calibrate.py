@@ -15,6 +15,7 @@ from spinefm import labels as L
 from spinefm.data import covered_positions, finding_targets
 from spinefm.pipeline import Agents, load_agents
 from evaluate import predict
+from train_agents import attach_pixels
 
 
 def main():
@@ -26,6 +27,7 @@ def main():
     ck = torch.load(args.work / args.agents, weights_only=False)
     cache = torch.load(args.work / "cache.pt", weights_only=False)
     fs = torch.load(str(args.work / args.agents) + ".features", weights_only=False)
+    attach_pixels(cache["validation"], fs["routed"]["validation"])
     agents = load_agents(ck["agents"])
     agents.eval()
     rows = predict(agents, cache["validation"], fs["routed"]["validation"])

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from spinefm import labels as L
 from spinefm.data import covered_positions, finding_targets
 from spinefm.pipeline import Agents, load_agents, run_study
-from train_agents import as_float, visible_slices
+from train_agents import as_float, attach_pixels, visible_slices
 
 
 def auroc(y, s):
@@ -60,6 +60,8 @@ def predict(agents, studies, feats):
     rows = []
     for st, items in zip(studies, feats):
         per_item, out = run_study(agents, as_float(items))
+        for s, o in zip(st["series"], per_item):
+            o.update(predicted_masks(o.pop("seg"), s["anatomy"].shape[-1]))
         presence, side, severity, graded = agents.conditions(
             out["level_features"].unsqueeze(0), out["slot_mask"].unsqueeze(0)
         )
@@ -75,6 +77,18 @@ def predict(agents, studies, feats):
             }
         )
     return rows
+
+
+def predicted_masks(seg, side):
+    """Segmentation logits -> argmax anatomy and lesion maps at the label
+    resolution (bilinear logits), kept instead of the logits (a 64 x 64
+    map of 60 classes is 1 MB a slice)."""
+    na, nl = len(L.ANATOMY), len(L.LESION)
+    seg = F.interpolate(seg, size=side, mode="bilinear", align_corners=False)
+    return {
+        "anatomy_pred": seg[:, :na].argmax(1).numpy().astype(np.uint8),
+        "lesion_pred": seg[:, na : na + nl].argmax(1).numpy().astype(np.uint8),
+    }
 
 
 def condition_metrics(rows):
@@ -147,9 +161,7 @@ def dice(rows):
     sums = {"anatomy": np.zeros(na), "lesion": np.zeros(nl)}
     for r in rows:
         for s, o in zip(r["study"]["series"], r["per_item"]):
-            seg = F.interpolate(o["seg"], size=s["anatomy"].shape[-1], mode="bilinear", align_corners=False)
-            a = seg[:, :na].argmax(1).numpy()
-            le = seg[:, na : na + nl].argmax(1).numpy()
+            a, le = o["anatomy_pred"], o["lesion_pred"]
             for kind, pred, true, n in (("anatomy", a, s["anatomy"], na), ("lesion", le, s["lesion"], nl)):
                 for c in range(n):
                     pc, tc = pred == c, true == c
@@ -205,6 +217,9 @@ def main():
     ck = torch.load(args.work / args.agents, weights_only=False)
     cache = torch.load(args.work / "cache.pt", weights_only=False)
     fs = torch.load(str(args.work / args.agents) + ".features", weights_only=False)
+    for split in cache:
+        attach_pixels(cache[split], fs["routed"][split])
+        attach_pixels(cache[split], fs["ablation"][split])
     agents, ablation = load_agents(ck["agents"]), load_agents(ck["agents_ablation"])
     agents.eval(), ablation.eval()
     sets = {

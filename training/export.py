@@ -21,11 +21,11 @@ import torch.nn.functional as F
 
 from spinefm import labels as L
 from spinefm.data import RESIZE
-from spinefm.model import GRID, IMAGE, WIDTH, Encoder, Synthesizer, flops_per_slice
+from spinefm.model import GRID, IMAGE, WIDTH, Encoder, SliceAgents, Synthesizer, flops_per_slice
 from spinefm.pipeline import Agents, load_agents
 from train_agents import as_float, load_encoder
 
-VERSION = "0.2.0"
+VERSION = "0.3.0"
 
 
 def fold_channels(encoder):
@@ -46,8 +46,8 @@ class SliceAgentsExport(nn.Module):
         super().__init__()
         self.a = agents.slice
 
-    def forward(self, patches, rec_cls):
-        seg, _ = self.a(rec_cls, patches)
+    def forward(self, patches, rec_cls, pixels):
+        seg, _ = self.a(rec_cls, patches, pixels)
         return seg, self.a.recognize(rec_cls)
 
 
@@ -258,23 +258,25 @@ def main():
     )  # fmt: skip
     with torch.no_grad():
         cls, patches = t2(px)
+    px0 = px[:, :1].contiguous()
+    seg_side = SliceAgents.OUT
     models.append(
         export(
-            SliceAgentsExport(agents), "slice_agents", [patches, cls], ["patches", "rec_cls"],
+            SliceAgentsExport(agents), "slice_agents", [patches, cls, px0], ["patches", "rec_cls", "pixels"],
             ["segmentation", "recognition"],
-            {"patches": ["slices", N, D], "rec_cls": ["slices", D],
-             "segmentation": ["slices", seg_k, 4 * GRID, 4 * GRID],
+            {"patches": ["slices", N, D], "rec_cls": ["slices", D], "pixels": ["slices", 1, IMAGE, IMAGE],
+             "segmentation": ["slices", seg_k, seg_side, seg_side],
              "recognition": ["slices", len(L.FAMILIES) + len(L.PLANES) + len(L.REGIONS)]},
             args.out,
         )
     )  # fmt: skip
     with torch.no_grad():
-        seg, _ = agents.slice(cls, patches)
+        seg, _ = agents.slice(cls, patches, px0)
     models.append(
         export(
             SeriesPoolExport(agents), "series_pool", [cls, patches, seg], ["cls", "patches", "segmentation"],
             ["series", "attention", "level_features", "level_mass"],
-            {"cls": ["slices", D], "patches": ["slices", N, D], "segmentation": ["slices", seg_k, 4 * GRID, 4 * GRID],
+            {"cls": ["slices", D], "patches": ["slices", N, D], "segmentation": ["slices", seg_k, seg_side, seg_side],
              "series": [D], "attention": ["slices"], "level_features": [LV, D], "level_mass": [LV]},
             args.out,
         )

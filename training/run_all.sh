@@ -29,8 +29,8 @@ wait
 # Agents in two stages: slice agents (segmentation, recognition), then the
 # rest on their frozen outputs; the ablation the same way, shorter.
 "$PY" train_agents.py --cache "../$WORK/cache.pt" --t1 "../$WORK/enc_t1_ft.pt" --t2 "../$WORK/enc_t2_ft.pt" \
-  --out "../$WORK/agents.pt" --synth-minutes 3 --slice-minutes 10 --study-minutes 5 \
-  --ablation-slice-minutes 6 --ablation-study-minutes 3 --threads 2
+  --out "../$WORK/agents.pt" --synth-minutes 3 --slice-minutes 14 --condition-minutes 1.5 --study-minutes 4 \
+  --ablation-slice-minutes 6 --ablation-condition-minutes 1.5 --ablation-study-minutes 2 --threads 2
 "$PY" export.py --work "../$WORK" --out ../models/spinefm-tiny
 "$PY" calibrate.py --work "../$WORK" --bundle ../models/spinefm-tiny
 "$PY" evaluate.py --work "../$WORK" --out ../models/spinefm-tiny/EVALUATION.md

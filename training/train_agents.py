@@ -135,21 +135,33 @@ def visible_slices(truth, number, slice_index):
     return [k for k, i in enumerate(slice_index) if int(i) in seen]
 
 
+def attach_pixels(studies, feats):
+    """The slice agents read the pixels too (their convolutional stem): put
+    each series stack's pixels (channel 0, float16) beside its cached
+    features. Features were computed in `study["series"]` order."""
+    for st, items in zip(studies, feats):
+        assert len(st["series"]) == len(items), st["name"]
+        for s, it in zip(st["series"], items):
+            it["pixels"] = torch.from_numpy(s["pixels"]).unsqueeze(1)
+    return feats
+
+
 def as_float(items):
     return [
-        dict(it, cls=it["cls"].float(), patches=it["patches"].float(), rec_cls=it["rec_cls"].float()) for it in items
-    ]
+        dict(
+            it, cls=it["cls"].float(), patches=it["patches"].float(), rec_cls=it["rec_cls"].float(),
+            pixels=it["pixels"].float(),
+        )
+        for it in items
+    ]  # fmt: skip
 
 
-LESION_WEIGHT = torch.ones(len(L.LESION))
-LESION_WEIGHT[0] = 0.2
 GRADE_WEIGHT = torch.tensor([1.0, 2.0, 4.0])  # RSNA: normal/mild 1, moderate 2, severe 4
 
 
-def condition_losses(agents, outs, studies):
-    lf = torch.stack([o["level_features"] for o in outs])
-    sm = torch.stack([o["slot_mask"] for o in outs])
-    presence, side, severity, graded = agents.conditions(lf, sm)
+def condition_targets(studies):
+    """Per study: presence, side, severity, graded targets and the loss mask
+    (positions a usable series shows, of the kind the condition takes)."""
     tp, ts, tv, tg, cov = [], [], [], [], []
     for st in studies:
         p, s, v, g = finding_targets(st["truth"])
@@ -157,18 +169,50 @@ def condition_losses(agents, outs, studies):
     tp, ts, tv, tg = (torch.from_numpy(np.stack(a)) for a in (tp, ts, tv, tg))
     valid = torch.tensor([L.valid_positions(c) for c in L.CONDITIONS]).T.float()  # [P, C]
     cov = torch.from_numpy(np.stack(cov)).float()[:, :, None] * valid  # covered and the right kind
-    bce = F.binary_cross_entropy_with_logits(presence, tp, pos_weight=torch.tensor(20.0), reduction="none")
-    loss = (bce * cov).sum() / cov.sum().clamp(min=1)
-    m = ts >= 0
+    return {"presence": tp, "side": ts, "severity": tv, "graded": tg, "mask": cov}
+
+
+def condition_losses(agents, level_features, slot_mask, t):
+    """level_features [B,SLOTS,LV,D], slot_mask [B,SLOTS]; t: condition_targets rows of the batch."""
+    presence, side, severity, graded = agents.conditions(level_features, slot_mask)
+    bce = F.binary_cross_entropy_with_logits(presence, t["presence"], pos_weight=torch.tensor(20.0), reduction="none")
+    loss = (bce * t["mask"]).sum() / t["mask"].sum().clamp(min=1)
+    m = t["side"] >= 0
     if m.any():
-        loss = loss + F.cross_entropy(side[m], ts[m])
-    m = tv >= 0
+        loss = loss + F.cross_entropy(side[m], t["side"][m])
+    m = t["severity"] >= 0
     if m.any():
-        loss = loss + F.cross_entropy(severity[m], tv[m])
-    m = tg >= 0
+        loss = loss + F.cross_entropy(severity[m], t["severity"][m])
+    m = t["graded"] >= 0
     if m.any():
-        loss = loss + F.cross_entropy(graded[m], tg[m], weight=GRADE_WEIGHT)
+        loss = loss + F.cross_entropy(graded[m], t["graded"][m], weight=GRADE_WEIGHT)
     return loss
+
+
+def slot_sums(stats):
+    """The parameter-free part of the study's level features: per slot the
+    level-mass-weighted sums of patch features and lesion evidence, and
+    the mass (`combine` divides the first two by the third)."""
+    d, e = stats[0]["pf"].shape[-1], stats[0]["lesion"].shape[-1]
+    sp = torch.zeros(len(L.SLOTS), len(L.LEVELS), d)
+    sl = torch.zeros(len(L.SLOTS), len(L.LEVELS), e)
+    sm = torch.zeros(len(L.SLOTS), len(L.LEVELS))
+    for st in stats:
+        m = st["mass"]
+        sp[st["slot"]] += m.unsqueeze(-1) * st["pf"]
+        sl[st["slot"]] += m.unsqueeze(-1) * st["lesion"]
+        sm[st["slot"]] += m
+    return sp, sl, sm
+
+
+def level_features_of(agents, sp, sl, sm):
+    """Batched [B,SLOTS,LV,*] slot sums -> level features and slot mask, as
+    `combine` computes them (the compression is linear, so it distributes
+    over the mass-weighted sum)."""
+    lin = agents.series.compress
+    denom = sm.unsqueeze(-1) + 1e-3
+    feats = (F.linear(sp, lin.weight) + sm.unsqueeze(-1) * lin.bias) / denom
+    return torch.cat([feats, sl / denom], dim=-1), (sm.sum(-1) > 0).float()
 
 
 def cosine_lr(opt, base, frac, warmup=0.05):
@@ -178,34 +222,64 @@ def cosine_lr(opt, base, frac, warmup=0.05):
         g["lr"] = base * max(scale, 0.02)
 
 
-def train_slice_agents(agents, train, feats, minutes, batch=96, lr=2e-3, label=""):
-    """Stage A: segmentation (anatomy, lesion, level) and recognition, per
-    slice, on random slices of every training series (all families, routed
-    features). The joint loop used to give this head ~200 steps of 12
-    studies with the loss shared with everything else: anatomy Dice 0.15."""
-    P, C, R, A, LE, LV, FA, PL, RG = [], [], [], [], [], [], [], [], []
+def class_weights(labels, n, cap):
+    """Inverse square-root frequency, background 1, capped: small classes
+    (a lesion covers ~0.1 % of a slice) are not drowned by background."""
+    counts = torch.bincount(labels.flatten().long(), minlength=n).double() + 1
+    w = (counts[0] / counts).sqrt().clamp(max=cap)
+    return w.float()
+
+
+def soft_dice_loss(logits, target, n):
+    """1 - mean soft Dice over the foreground classes present in the batch."""
+    p = logits.softmax(dim=1)[:, 1:]
+    t = F.one_hot(target.long(), n).permute(0, 3, 1, 2)[:, 1:].float()
+    inter = (p * t).sum(dim=(0, 2, 3))
+    denom = p.sum(dim=(0, 2, 3)) + t.sum(dim=(0, 2, 3))
+    present = t.sum(dim=(0, 2, 3)) > 0
+    if not present.any():
+        return logits.sum() * 0
+    return 1 - (2 * inter[present] / (denom[present] + 1)).mean()
+
+
+def train_slice_agents(agents, train, feats, minutes, batch=32, lr=2e-3, label=""):
+    """Stage A: segmentation (anatomy, lesion, level; 64 x 64 logits against
+    the labels at 64 x 64) and recognition, per slice, on random slices of
+    every training series (all families, routed features). Cross-entropy
+    with class weights plus soft Dice for anatomy and lesion."""
+    P, C, R, X, A, LE, LV, FA, PL, RG = [], [], [], [], [], [], [], [], [], []
     for st, items in zip(train, feats):
         region = L.REGIONS.index(st["truth"]["region"])
-        for it in items:
+        for s, it in zip(st["series"], items):
             n = len(it["patches"])
-            P.append(it["patches"]), C.append(it["cls"]), R.append(it["rec_cls"])
-            A.append(it["anatomy32"]), LE.append(it["lesion32"]), LV.append(it["level32"])
+            P.append(it["patches"]), C.append(it["cls"]), R.append(it["rec_cls"]), X.append(it["pixels"])
+            A.append(torch.from_numpy(s["anatomy"][:, ::2, ::2].copy()))
+            LE.append(torch.from_numpy(s["lesion"][:, ::2, ::2].copy()))
+            LV.append(torch.from_numpy(s["level"][:, ::2, ::2].copy()))
             FA.append(torch.full((n,), L.FAMILIES.index(it["family"])))
             PL.append(torch.full((n,), L.PLANES.index(it["plane"])))
             RG.append(torch.full((n,), region))
-    P, C, R = torch.cat(P), torch.cat(C), torch.cat(R)
+    P, C, R, X = torch.cat(P), torch.cat(C), torch.cat(R), torch.cat(X)
     A, LE, LV, FA, PL, RG = (torch.cat(t) for t in (A, LE, LV, FA, PL, RG))
-    print(f"{label} slice agents: {len(P)} training slices", flush=True)
+    na, nl, nv = len(L.ANATOMY), len(L.LESION), len(L.LEVELS)
+    wa, wl = class_weights(A, na, 10.0), class_weights(LE, nl, 30.0)
+    print(f"{label} slice agents: {len(P)} training slices; lesion class weights {wl.numpy().round(1)}", flush=True)
+    with_lesion = torch.nonzero(LE.flatten(1).amax(dim=1) > 0).flatten()
     params = list(agents.slice.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     deadline, started, step = time.time() + minutes * 60, time.time(), 0
     while time.time() < deadline:
         cosine_lr(opt, lr, (time.time() - started) / (minutes * 60))
-        idx = torch.randint(len(P), (batch,))
-        seg, rec = agents.slice(C[idx].float(), P[idx].float())
+        # A quarter of the batch from slices that show a lesion, so the
+        # lesion head sees some every step (most slices show none).
+        k = batch // 4 if len(with_lesion) else 0
+        idx = torch.cat([with_lesion[torch.randint(len(with_lesion), (k,))], torch.randint(len(P), (batch - k,))])
+        a_t, le_t, lv_t = A[idx].long(), LE[idx].long(), LV[idx].long()
+        seg, _ = agents.slice(C[idx].float(), P[idx].float(), X[idx].float())
         a, les, lev = agents.slice.split_seg(seg)
-        seg_loss = F.cross_entropy(a, A[idx]) + F.cross_entropy(lev, LV[idx])
-        seg_loss = seg_loss + F.cross_entropy(les, LE[idx], weight=LESION_WEIGHT)
+        seg_loss = F.cross_entropy(a, a_t, weight=wa) + soft_dice_loss(a, a_t, na)
+        seg_loss = seg_loss + F.cross_entropy(les, le_t, weight=wl) + soft_dice_loss(les, le_t, nl)
+        seg_loss = seg_loss + F.cross_entropy(lev, lv_t)
         fam, plane, reg = agents.slice.split_recognition(agents.slice.recognize(R[idx].float()))
         rec_loss = F.cross_entropy(fam, FA[idx]) + F.cross_entropy(plane, PL[idx]) + F.cross_entropy(reg, RG[idx])
         loss = seg_loss + 0.5 * rec_loss
@@ -238,11 +312,54 @@ def study_stats(agents, studies, feats):
     return out
 
 
+def train_condition_agents(agents, train, stats, val, val_stats, minutes, batch=32, lr=1e-3, label=""):
+    """Stage B1: the condition agents (and the patch feature compression)
+    on precomputed slot sums: milliseconds per step, so tens of thousands
+    of study samples fit in minutes. The state with the lowest validation
+    loss (checked every 100 steps) is kept."""
+    sums = [torch.stack(t) for t in zip(*(slot_sums(s) for s in stats))]
+    vsums = [torch.stack(t) for t in zip(*(slot_sums(s) for s in val_stats))]
+    targets, vtargets = condition_targets(train), condition_targets(val)
+    params = list(agents.conditions.parameters()) + list(agents.series.compress.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+    best, best_state = float("inf"), None
+    deadline, started, step = time.time() + minutes * 60, time.time(), 0
+    while time.time() < deadline:
+        cosine_lr(opt, lr, (time.time() - started) / (minutes * 60))
+        idx = torch.randint(len(train), (batch,))
+        lf, sm = level_features_of(agents, *(x[idx] for x in sums))
+        loss = condition_losses(agents, lf, sm, {k: v[idx] for k, v in targets.items()})
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 3.0)
+        opt.step()
+        step += 1
+        if step % 100 == 0:
+            agents.conditions.eval()  # no dropout
+            with torch.no_grad():
+                vl = condition_losses(agents, *level_features_of(agents, *vsums), vtargets).item()
+            agents.conditions.train()
+            if vl < best:
+                best = vl
+                best_state = {k: v.clone() for k, v in agents.state_dict().items() if not k.startswith("slice.")}
+            if step % 1000 == 0:
+                print(
+                    f"{label} condition step {step} {time.time() - started:.0f}s loss {loss.item():.3f} "
+                    f"validation {vl:.3f} (best {best:.3f})",
+                    flush=True,
+                )
+    if best_state is not None:
+        agents.load_state_dict(best_state, strict=False)
+    return step
+
+
 def train_study_agents(agents, train, stats, minutes, batch=24, lr=1e-3, label=""):
-    """Stage B: series pooling with slice selection, patient embedding,
-    retrieval and the condition agents on the frozen slice agents' outputs
-    (cheap per step, so thousands of steps fit)."""
-    params = [p for n, p in agents.named_parameters() if not n.startswith("slice.")]
+    """Stage B2: series pooling with slice selection, patient embedding and
+    retrieval on the frozen slice agents' outputs."""
+    params = [
+        p for n, p in agents.named_parameters()
+        if not n.startswith(("slice.", "conditions.", "series.compress."))
+    ]  # fmt: skip
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     deadline, started, step = time.time() + minutes * 60, time.time(), 0
     while time.time() < deadline:
@@ -256,11 +373,10 @@ def train_study_agents(agents, train, stats, minutes, batch=24, lr=1e-3, label="
                 if s["visible"]:
                     att = att - torch.log(a[s["visible"]].sum() + 1e-6)
                     n_att += 1
-        cond = condition_losses(agents, outs, [train[i] for i in chosen])
         texts = agents.text(torch.stack([torch.from_numpy(train[i]["text"]) for i in chosen]))
         clip = clip_loss(torch.stack([o["retrieval"] for o in outs]), texts, agents.logit_scale)
         att = att / max(n_att, 1)
-        loss = cond + clip + 0.3 * att
+        loss = clip + 0.3 * att
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 3.0)
@@ -268,20 +384,35 @@ def train_study_agents(agents, train, stats, minutes, batch=24, lr=1e-3, label="
         step += 1
         if step % 100 == 0:
             print(
-                f"{label} study step {step} {time.time() - started:.0f}s loss {loss.item():.3f} cond {cond.item():.3f} "
+                f"{label} study step {step} {time.time() - started:.0f}s loss {loss.item():.3f} "
                 f"clip {clip.item():.3f} attn {float(att):.3f}",
                 flush=True,
             )
     return step
 
 
-def train_agents(agents, train, feats, slice_minutes, study_minutes, label=""):
-    s1 = train_slice_agents(agents, train, feats, slice_minutes, label=label)
+def train_agents(
+    agents, train, feats, val, val_feats, slice_minutes, condition_minutes, study_minutes, label="", earlier=None
+):
+    """Stage A, then B1 and B2. `earlier`: an earlier run's agents (same
+    features) whose slice agents are taken instead of stage A, and whose
+    pooling, patient and retrieval weights are the start of B2 (kept as
+    they are with `study_minutes` 0)."""
+    if earlier is not None:
+        own = agents.state_dict()
+        taken = {k: v for k, v in earlier.items() if k in own and own[k].shape == v.shape and not k.startswith("conditions.")}
+        agents.load_state_dict(taken, strict=False)
+        s1 = 0
+        print(f"{label}: slice agents, pooling and retrieval taken from an earlier run ({len(taken)} tensors)", flush=True)
+    else:
+        s1 = train_slice_agents(agents, train, feats, slice_minutes, label=label)
     started = time.time()
     stats = study_stats(agents, train, feats)
+    val_stats = study_stats(agents, val, val_feats)
     print(f"{label} series stats in {time.time() - started:.0f}s", flush=True)
-    s2 = train_study_agents(agents, train, stats, study_minutes, label=label)
-    return {"slice": s1, "study": s2}
+    s2 = train_condition_agents(agents, train, stats, val, val_stats, condition_minutes, label=label)
+    s3 = train_study_agents(agents, train, stats, study_minutes, label=label)
+    return {"slice": s1, "conditions": s2, "study": s3}
 
 
 def main():
@@ -292,11 +423,16 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--synth-minutes", type=float, default=3)
     ap.add_argument("--slice-minutes", type=float, default=8, help="stage A: segmentation and recognition")
-    ap.add_argument("--study-minutes", type=float, default=4, help="stage B: pooling, conditions, retrieval")
+    ap.add_argument("--condition-minutes", type=float, default=3, help="stage B1: condition agents")
+    ap.add_argument("--study-minutes", type=float, default=4, help="stage B2: pooling, slice selection, retrieval")
     ap.add_argument("--ablation-slice-minutes", type=float, default=None, help="default: --slice-minutes")
+    ap.add_argument("--ablation-condition-minutes", type=float, default=None, help="default: --condition-minutes")
     ap.add_argument("--ablation-study-minutes", type=float, default=None, help="default: --study-minutes")
     ap.add_argument(
         "--reuse", help="an earlier checkpoint on the same encoders: take its synthesizer weights and features"
+    )
+    ap.add_argument(
+        "--slice-from", help="an earlier checkpoint on the same features: take its slice agents (no stage A) and start B2 from it"
     )
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
@@ -328,15 +464,30 @@ def main():
             ablation[split] = [b[1] for b in both]
         print(f"features in {time.time() - started:.0f}s", flush=True)
 
+    for split in cache:
+        attach_pixels(cache[split], feats[split])
+        attach_pixels(cache[split], ablation[split])
+    pick = lambda a, b: a if a is not None else b  # noqa: E731
+    earlier = torch.load(args.slice_from, weights_only=False) if args.slice_from else None
     agents = Agents()
-    steps = train_agents(agents, cache["train"], feats["train"], args.slice_minutes, args.study_minutes, label="agents")
+    steps = train_agents(
+        agents, cache["train"], feats["train"], cache["validation"], feats["validation"],
+        args.slice_minutes, args.condition_minutes, args.study_minutes, label="agents",
+        earlier=earlier["agents"] if earlier else None,
+    )  # fmt: skip
     agents_ablation = Agents()
     ab_steps = train_agents(
-        agents_ablation, cache["train"], ablation["train"],
-        args.ablation_slice_minutes if args.ablation_slice_minutes is not None else args.slice_minutes,
-        args.ablation_study_minutes if args.ablation_study_minutes is not None else args.study_minutes,
-        label="ablation",
+        agents_ablation, cache["train"], ablation["train"], cache["validation"], ablation["validation"],
+        pick(args.ablation_slice_minutes, args.slice_minutes),
+        pick(args.ablation_condition_minutes, args.condition_minutes),
+        pick(args.ablation_study_minutes, args.study_minutes),
+        label="ablation", earlier=earlier["agents_ablation"] if earlier else None,
     )  # fmt: skip
+    if earlier:  # the slice agents' (and B2's, when not trained here) steps are the earlier run's
+        for mine, theirs in ((steps, earlier["steps"]["agents"]), (ab_steps, earlier["steps"]["ablation"])):
+            mine["slice"] = theirs["slice"]
+            if not mine["study"]:
+                mine["study"] = theirs["study"]
     torch.save(
         {
             "synthesizer": synth.weights.detach(),
@@ -352,7 +503,9 @@ def main():
         if not os.path.exists(args.out + ".features"):
             os.symlink(os.path.abspath(args.reuse + ".features"), args.out + ".features")
     else:
-        torch.save({"routed": feats, "ablation": ablation}, args.out + ".features")
+        strip = lambda fs: {k: [[{n: v for n, v in it.items() if n != "pixels"} for it in items] for items in studies]  # noqa: E731
+                            for k, studies in fs.items()}  # fmt: skip
+        torch.save({"routed": strip(feats), "ablation": strip(ablation)}, args.out + ".features")
     print(f"saved {args.out}", flush=True)
 
 

@@ -282,7 +282,7 @@ pub struct EngineConfig {
     #[serde(default)]
     pub fp16: bool,
     /// Slice encodings kept while their study is still arriving (about
-    /// 33 KB each with the default bundle); 0 = encode at completion only.
+    /// 97 KB each with the default bundle, the first pixel channel included); 0 = encode at completion only.
     #[serde(default = "default_stream_cache")]
     pub stream_cache_slices: usize,
 }

@@ -222,6 +222,7 @@ mod tests {
             cls: a(vec![1, 2]),
             patches: a(vec![1, 3, 2]),
             rec_cls: a(vec![1, 2]),
+            pixels: a(vec![1, 1, 2, 2]),
         }
     }
 

@@ -51,6 +51,18 @@ CONDITIONS = [
     "lipomatosis", "marrow_lesion", "compression_fracture", "disc_height_loss",
     "subarticular_stenosis", "synovial_cyst", "disc_degeneration", "cord_signal",
 ]  # fmt: skip
+# The lesion label class that shows each condition (the condition agents
+# read its evidence directly; disc height loss shows as a degenerated disc).
+LESION_OF_CONDITION = {
+    "canal_stenosis": "central_canal_stenosis", "pars_defect": "pars_defect",
+    "cord_compression": "cord_compression", "marrow_edema": "marrow_edema", "inflammation": "discitis",
+    "foraminal_stenosis": "neural_foraminal_stenosis", "spondylolisthesis": "spondylolisthesis",
+    "perineural_cyst": "perineural_cyst", "herniation": "disc_herniation", "hemangioma": "hemangioma",
+    "lipomatosis": "epidural_lipomatosis", "marrow_lesion": "marrow_replacing_lesion",
+    "compression_fracture": "compression_fracture", "disc_height_loss": "degenerated_disc",
+    "subarticular_stenosis": "subarticular_stenosis", "synovial_cyst": "facet_synovial_cyst",
+    "disc_degeneration": "degenerated_disc", "cord_signal": "cord_signal_abnormality",
+}  # fmt: skip
 # Where each condition is reported: at a disc level or a vertebra.
 CONDITION_KINDS = {
     "canal_stenosis": "disc", "pars_defect": "vertebra", "cord_compression": "disc",

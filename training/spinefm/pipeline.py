@@ -23,7 +23,7 @@ class Agents(nn.Module):
 
 
 def level_logits_per_patch(seg_logits):
-    """Level part of the 32x32 segmentation logits averaged to the patch grid."""
+    """Level part of the segmentation logits averaged to the patch grid."""
     _, _, level = SliceAgents.split_seg(None, seg_logits)
     return F.adaptive_avg_pool2d(level, GRID)
 
@@ -31,7 +31,7 @@ def level_logits_per_patch(seg_logits):
 def series_stats(agents: Agents, it):
     """One series stack through the slice agents and the parameter-free part
     of the series pool. Returns (seg, recognition, stats for `combine`)."""
-    seg, _ = agents.slice(it["cls"], it["patches"])
+    seg, _ = agents.slice(it["cls"], it["patches"], it["pixels"])
     rec = agents.slice.recognize(it["rec_cls"])
     pf, mass, lesion = agents.series.level_stats(it["patches"], seg)
     stats = {"cls": it["cls"], "patch_mean": it["patches"].mean(dim=1), "pf": pf, "mass": mass,
@@ -47,7 +47,7 @@ def combine(agents: Agents, stats):
     series_embs, slots, attns = [], [], []
     for st in stats:
         series, attn = agents.series.embed(st["cls"], st["patch_mean"])
-        feats = st["pf"] + agents.series.lesion(st["lesion"])
+        feats = agents.series.level_features(st["pf"], st["lesion"])
         mass = st["mass"]
         slot_sum = slot_sum.index_add(0, torch.tensor([st["slot"]]), (feats * mass.unsqueeze(-1)).unsqueeze(0))
         slot_mass = slot_mass.index_add(0, torch.tensor([st["slot"]]), mass.unsqueeze(0))
@@ -68,7 +68,8 @@ def combine(agents: Agents, stats):
 
 
 def run_study(agents: Agents, items):
-    """items: per series stack {cls [S,D], patches [S,N,D], rec_cls [S,D], slot}.
+    """items: per series stack {cls [S,D], patches [S,N,D], rec_cls [S,D],
+    pixels [S,1,IMAGE,IMAGE], slot}.
     Returns per-item outputs and the study-level tensors."""
     segs, recs, stats = [], [], []
     for it in items:
@@ -80,10 +81,8 @@ def run_study(agents: Agents, items):
 
 
 def load_agents(state):
-    """Agents from a checkpoint's state dict. Checkpoints from before the
-    series pool's lesion evidence lack its projection: it starts at zero,
-    which is exactly the old computation."""
+    """Agents from a checkpoint's state dict (strict: the architecture and
+    the checkpoint must match)."""
     agents = Agents()
-    missing, unexpected = agents.load_state_dict(state, strict=False)
-    assert not unexpected and all(k.startswith("series.lesion.") for k in missing), (missing, unexpected)
+    agents.load_state_dict(state)
     return agents

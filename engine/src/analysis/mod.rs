@@ -56,6 +56,10 @@ pub struct EncodedSlices {
     pub patches: ArrayF32,
     /// [n, width]
     pub rec_cls: ArrayF32,
+    /// [n, 1, crop, crop]: channel 0 of the preprocessed slices, which
+    /// slice agents with a convolutional stem read beside the tokens
+    /// (bundle 0.3.0 on); [n, 1, 0, 0] for slice agents that do not.
+    pub pixels: ArrayF32,
 }
 
 fn rows_of(a: &ArrayF32, range: std::ops::Range<usize>) -> ArrayF32 {
@@ -66,6 +70,25 @@ fn rows_of(a: &ArrayF32, range: std::ops::Range<usize>) -> ArrayF32 {
         shape,
         data: a.data[range.start * per..range.end * per].to_vec(),
     }
+}
+
+/// [n, c, h, w] -> [n, 1, h, w], channel 0.
+fn first_channel(a: &ArrayF32) -> ArrayF32 {
+    let (n, c) = (a.shape[0], a.shape.get(1).copied().unwrap_or(1));
+    let plane: usize = a.shape.get(2..).map_or(0, |d| d.iter().product());
+    if a.data.len() < n * c * plane {
+        return ArrayF32 {
+            shape: vec![n, 1, 0, 0],
+            data: Vec::new(),
+        };
+    }
+    let mut data = Vec::with_capacity(n * plane);
+    for i in 0..n {
+        data.extend_from_slice(&a.data[i * c * plane..i * c * plane + plane]);
+    }
+    let mut shape = a.shape.clone();
+    shape[1] = 1;
+    ArrayF32 { shape, data }
 }
 
 fn concat_rows<'a>(parts: impl Iterator<Item = &'a ArrayF32>) -> Option<ArrayF32> {
@@ -100,6 +123,7 @@ impl EncodedSlices {
             cls: rows_of(&self.cls, i..i + 1),
             patches: rows_of(&self.patches, i..i + 1),
             rec_cls: rows_of(&self.rec_cls, i..i + 1),
+            pixels: rows_of(&self.pixels, i..i + 1),
         }
     }
 
@@ -109,6 +133,7 @@ impl EncodedSlices {
             cls: concat_rows(parts.iter().map(|p| &p.cls))?,
             patches: concat_rows(parts.iter().map(|p| &p.patches))?,
             rec_cls: concat_rows(parts.iter().map(|p| &p.rec_cls))?,
+            pixels: concat_rows(parts.iter().map(|p| &p.pixels))?,
         })
     }
 }
@@ -455,7 +480,41 @@ impl SpineModels {
         } else {
             self.encode(&self.encoder_t2, pixels, None)?[0].clone()
         };
-        Ok(EncodedSlices { cls, patches, rec_cls })
+        let pixels = if self.slice_agents_read_pixels() {
+            first_channel(pixels)
+        } else {
+            ArrayF32 {
+                shape: vec![cls.shape[0], 1, 0, 0],
+                data: Vec::new(),
+            }
+        };
+        Ok(EncodedSlices {
+            cls,
+            patches,
+            rec_cls,
+            pixels,
+        })
+    }
+
+    /// Whether the bundle's slice agents take a `pixels` input.
+    fn slice_agents_read_pixels(&self) -> bool {
+        self.slice_agents.spec.inputs.iter().any(|t| t.name == "pixels")
+    }
+
+    /// The slice agents' inputs in manifest order, by name.
+    fn slice_agent_inputs(&self, encoded: &EncodedSlices) -> Result<Vec<ArrayF32>, AnalysisError> {
+        self.slice_agents
+            .spec
+            .inputs
+            .iter()
+            .map(|t| match t.name.as_str() {
+                "patches" => Ok(encoded.patches.clone()),
+                "rec_cls" => Ok(encoded.rec_cls.clone()),
+                "cls" => Ok(encoded.cls.clone()),
+                "pixels" => Ok(encoded.pixels.clone()),
+                other => Err(AnalysisError::Data(format!("slice_agents: unknown input {other:?}"))),
+            })
+            .collect()
     }
 
     /// `threshold`: one reporting threshold for every condition, or None for
@@ -481,8 +540,8 @@ impl SpineModels {
                 Some(e) if e.len() == input.pixels.shape[0] => e,
                 _ => self.encode_path(path, &input.pixels)?,
             };
-            let EncodedSlices { cls, patches, rec_cls } = encoded;
-            let seg_rec = self.slice_agents.run(vec![patches.clone(), rec_cls])?;
+            let seg_rec = self.slice_agents.run(self.slice_agent_inputs(&encoded)?)?;
+            let EncodedSlices { cls, patches, .. } = encoded;
             let (seg, rec) = (&seg_rec[0], &seg_rec[1]);
             let pooled = self.series_pool.run(vec![cls, patches, seg.clone()])?;
             let (emb, attention, feats, mass) = (&pooled[0], &pooled[1], &pooled[2], &pooled[3]);

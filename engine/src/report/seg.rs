@@ -1,8 +1,9 @@
 //! The DICOM Segmentation (BINARY) of one analyzed series: a segment per
 //! anatomy and lesion class the segmentation agent found, one frame per
 //! segment and slice that holds it, each frame on its source slice's
-//! geometry (the 32 x 32 mask cells mapped back through the preprocessing
-//! geometry to the source pixel grid) and referencing that slice.
+//! geometry (the mask cells, 64 x 64 per slice with bundle 0.3.0, mapped
+//! back through the preprocessing geometry to the source pixel grid) and
+//! referencing that slice.
 
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;

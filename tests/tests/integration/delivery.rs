@@ -134,7 +134,7 @@ fn reports_reach_orthanc_with_their_coded_findings_and_skipped_series() {
         assert!(dump.contains(want), "{f}: no laterality {want}");
     }
     // Against the phantom's ground truth: the hemangioma at L2 arrives coded
-    // at L2. (The SYNTHETIC bundle 0.2.0 does not find the forced
+    // at L2. (The SYNTHETIC bundle 0.3.0 does not find the forced
     // herniation: models/spinefm-tiny/EVALUATION.md; the strict check of
     // every forced finding, level and side is analysis.rs's ignored test.)
     assert!(
