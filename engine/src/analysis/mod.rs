@@ -831,3 +831,56 @@ impl SpineModels {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_channel_keeps_channel_zero_of_every_slice() {
+        // 2 slices x 3 channels x 2 x 2: value = slice * 100 + channel * 10 + pixel.
+        let data = (0..2)
+            .flat_map(|s| (0..3).flat_map(move |c| (0..4).map(move |p| (s * 100 + c * 10 + p) as f32)))
+            .collect();
+        let a = ArrayF32 {
+            shape: vec![2, 3, 2, 2],
+            data,
+        };
+        let c0 = first_channel(&a);
+        assert_eq!(c0.shape, vec![2, 1, 2, 2]);
+        assert_eq!(c0.data, vec![0.0, 1.0, 2.0, 3.0, 100.0, 101.0, 102.0, 103.0]);
+    }
+
+    #[test]
+    fn first_channel_of_pixels_not_held_is_an_empty_plane() {
+        // The streaming path's stacks keep their shape but no data.
+        let a = ArrayF32 {
+            shape: vec![5, 3, 128, 128],
+            data: Vec::new(),
+        };
+        let c0 = first_channel(&a);
+        assert_eq!(c0.shape, vec![5, 1, 0, 0]);
+        assert!(c0.data.is_empty());
+    }
+
+    #[test]
+    fn encodings_with_pixels_slice_and_concatenate_together() {
+        let enc = |v: f32, n: usize| {
+            let a = |shape: Vec<usize>| ArrayF32 {
+                data: vec![v; shape.iter().product()],
+                shape,
+            };
+            EncodedSlices {
+                cls: a(vec![n, 2]),
+                patches: a(vec![n, 3, 2]),
+                rec_cls: a(vec![n, 2]),
+                pixels: a(vec![n, 1, 2, 2]),
+            }
+        };
+        let (a, b) = (enc(1.0, 2), enc(2.0, 1));
+        let both = EncodedSlices::concat(&[&a, &b]).unwrap();
+        assert_eq!(both.pixels.shape, vec![3, 1, 2, 2]);
+        assert_eq!(both.slice(2).pixels.data, vec![2.0; 4]);
+        assert_eq!(both.slice(0).pixels.data, vec![1.0; 4]);
+    }
+}
