@@ -215,6 +215,13 @@ def level_features_of(agents, sp, sl, sm):
     return torch.cat([feats, sl / denom], dim=-1), (sm.sum(-1) > 0).float()
 
 
+def optimizer_step(opt, loss, params, max_norm=3.0):
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    opt.step()
+
+
 def cosine_lr(opt, base, frac, warmup=0.05):
     f = min(frac, 1.0)
     scale = min(1.0, f / warmup) * 0.5 * (1 + math.cos(math.pi * f))
@@ -283,10 +290,7 @@ def train_slice_agents(agents, train, feats, minutes, batch=32, lr=2e-3, label="
         fam, plane, reg = agents.slice.split_recognition(agents.slice.recognize(R[idx].float()))
         rec_loss = F.cross_entropy(fam, FA[idx]) + F.cross_entropy(plane, PL[idx]) + F.cross_entropy(reg, RG[idx])
         loss = seg_loss + 0.5 * rec_loss
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 3.0)
-        opt.step()
+        optimizer_step(opt, loss, params)
         step += 1
         if step % 50 == 0:
             print(
@@ -329,10 +333,7 @@ def train_condition_agents(agents, train, stats, val, val_stats, minutes, batch=
         idx = torch.randint(len(train), (batch,))
         lf, sm = level_features_of(agents, *(x[idx] for x in sums))
         loss = condition_losses(agents, lf, sm, {k: v[idx] for k, v in targets.items()})
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 3.0)
-        opt.step()
+        optimizer_step(opt, loss, params)
         step += 1
         if step % 100 == 0:
             agents.conditions.eval()  # no dropout
@@ -377,10 +378,7 @@ def train_study_agents(agents, train, stats, minutes, batch=24, lr=1e-3, label="
         clip = clip_loss(torch.stack([o["retrieval"] for o in outs]), texts, agents.logit_scale)
         att = att / max(n_att, 1)
         loss = clip + 0.3 * att
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 3.0)
-        opt.step()
+        optimizer_step(opt, loss, params)
         step += 1
         if step % 100 == 0:
             print(
