@@ -107,6 +107,8 @@ pub struct Opts {
     pub destinations: Vec<(String, String, String)>,
     /// `[delivery] retry_initial_seconds` (max is four times it).
     pub retry_initial: f64,
+    /// `[report] language_model` (GGUF) and its `max_new_tokens`.
+    pub language_model: Option<(PathBuf, usize)>,
 }
 
 impl Default for Opts {
@@ -122,6 +124,7 @@ impl Default for Opts {
             bundle: None,
             destinations: vec![],
             retry_initial: 0.5,
+            language_model: None,
         }
     }
 }
@@ -176,6 +179,11 @@ impl Daemon {
         t = set_toml(&t, "retry_initial_seconds", &format!("{:?}", o.retry_initial));
         t = set_toml(&t, "retry_max_seconds", &format!("{:?}", o.retry_initial * 4.0));
         t = set_toml(&t, "timeout_seconds", "5");
+        if let Some((lm, tokens)) = &o.language_model {
+            t = set_toml(&t, "language_model", &format!("\"{}\"", lm.display()));
+            t = set_toml(&t, "max_new_tokens", &tokens.to_string());
+            t = set_toml(&t, "budget_seconds", "600.0");
+        }
         for (name, ae, address) in &o.destinations {
             t.push_str(&format!(
                 "\n[[destination]]\nname = \"{name}\"\nae_title = \"{ae}\"\naddress = \"{address}\"\n"

@@ -3,16 +3,24 @@
 //! verifier checks them, and whatever text ends up in the report states no
 //! finding the agents did not find. The untuned base model usually fails
 //! verification, so this mostly exercises the regeneration and the
-//! fallback; both paths are checked for what they must record.
+//! fallback; both paths are checked for what they must record. The CLI
+//! (`analyze --language-model`) and the daemon (`[report] language_model`)
+//! are each tested.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use spineagent_tests::*;
 
-#[test]
-fn the_report_agent_never_reports_a_finding_the_agents_did_not_find() {
+fn language_model() -> PathBuf {
     let lm = root().join("models/lm/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(lm.exists(), "{} missing: run scripts/setup", lm.display());
+    lm
+}
+
+#[test]
+fn the_report_agent_never_reports_a_finding_the_agents_did_not_find() {
+    let lm = language_model();
     let tmp = tempfile::tempdir().unwrap();
     let study = tmp.path().join("s");
     run(Command::new(bin())
@@ -45,6 +53,12 @@ fn the_report_agent_never_reports_a_finding_the_agents_did_not_find() {
         .arg("--out")
         .arg(&out)
         .arg(&study));
+    check_agent_outputs(&out);
+}
+
+/// What a report written through the agent must show in its directory
+/// (`analyze --out`, or the daemon's spool/reports/<study>).
+fn check_agent_outputs(out: &Path) {
     let agent: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("report_agent.json")).unwrap()).unwrap();
     let drafts = agent["drafts"].as_array().unwrap();
@@ -96,4 +110,40 @@ fn the_report_agent_never_reports_a_finding_the_agents_did_not_find() {
         "language model SmolLM2"
     };
     assert!(line.contains(expected), "{line}");
+}
+
+#[test]
+fn the_daemon_writes_reports_through_the_agent_when_configured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let truth = phantom_study(
+        &tmp.path().join("s"),
+        880_052,
+        "siemens",
+        "lumbar",
+        &["canal_stenosis:L3-L4:central:severe"],
+        &["--standard"],
+    );
+    let d = Daemon::start(Opts {
+        bundle: Some(root().join("models/spinefm-tiny")),
+        language_model: Some((language_model(), 64)),
+        ..Opts::default()
+    });
+    let files: Vec<_> = std::fs::read_dir(tmp.path().join("s"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("series_"))
+        .map(|e| e.path())
+        .collect();
+    let o = d.storescu("MODALITY", &["-q", "+sd"], &files);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let dir = d
+        .spool()
+        .join("reports")
+        .join(truth["study_instance_uid"].as_str().unwrap());
+    // Generous: CI runs the heavy tests side by side on two cores, and each
+    // draft takes tens of seconds there.
+    d.wait_for("report", std::time::Duration::from_secs(600), || {
+        dir.join("sr.dcm").exists()
+    });
+    check_agent_outputs(&dir);
 }
