@@ -707,6 +707,16 @@ impl Drop for Orthanc {
 
 /// Generates a SYNTHETIC phantom study into `dir` (`spineagent phantom
 /// study`, with `extra` flags and forced `findings`); returns its truth.json.
+/// The series folders of a phantom study (what `storescu +sd` sends).
+pub fn phantom_series_dirs(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("series_"))
+        .map(|e| e.path())
+        .collect()
+}
+
 pub fn phantom_study(
     dir: &Path,
     seed: u64,

@@ -210,12 +210,7 @@ fn daemon_reports_received_studies_including_one_completed_before_a_restart() {
         "siemens",
         &["herniation:L5-S1:right:severe:extrusion"],
     );
-    let files_a: Vec<_> = std::fs::read_dir(tmp.path().join("a"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("series_"))
-        .map(|e| e.path())
-        .collect();
+    let files_a = phantom_series_dirs(&tmp.path().join("a"));
     let o = d.storescu("MODALITY", &["-q", "+sd"], &files_a);
     assert!(o.status.success(), "{}", stderr(&o));
     let uid_a = a["study_instance_uid"].as_str().unwrap().to_string();
@@ -233,12 +228,7 @@ fn daemon_reports_received_studies_including_one_completed_before_a_restart() {
     d.spawn();
     let report_a = wait_for_report(&d, &uid_a);
     let b = study(&tmp.path().join("b"), 880_012, "ge", &["hemangioma:L3"]);
-    let files_b: Vec<_> = std::fs::read_dir(tmp.path().join("b"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("series_"))
-        .map(|e| e.path())
-        .collect();
+    let files_b = phantom_series_dirs(&tmp.path().join("b"));
     let o = d.storescu("MODALITY", &["-q", "+sd"], &files_b);
     assert!(o.status.success(), "{}", stderr(&o));
     let report_b = wait_for_report(&d, b["study_instance_uid"].as_str().unwrap());

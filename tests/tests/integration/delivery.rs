@@ -23,12 +23,7 @@ fn default_bundle() -> PathBuf {
 /// returns its ground truth and its files.
 fn phantom(dir: &Path, seed: u64, findings: &[&str]) -> (serde_json::Value, Vec<PathBuf>) {
     let truth = phantom_study(dir, seed, "siemens", "lumbar", findings, &[]);
-    let mut files = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        if e.file_name().to_string_lossy().starts_with("series_") {
-            files.extend(spineagent::scu::collect_files(&[e.path()]).unwrap());
-        }
-    }
+    let files = spineagent::scu::collect_files(&phantom_series_dirs(dir)).unwrap();
     (truth, files)
 }
 

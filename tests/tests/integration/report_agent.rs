@@ -128,12 +128,7 @@ fn the_daemon_writes_reports_through_the_agent_when_configured() {
         language_model: Some((language_model(), 64)),
         ..Opts::default()
     });
-    let files: Vec<_> = std::fs::read_dir(tmp.path().join("s"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("series_"))
-        .map(|e| e.path())
-        .collect();
+    let files = phantom_series_dirs(&tmp.path().join("s"));
     let o = d.storescu("MODALITY", &["-q", "+sd"], &files);
     assert!(o.status.success(), "{}", stderr(&o));
     let dir = d
