@@ -74,9 +74,10 @@ fn rows_of(a: &ArrayF32, range: std::ops::Range<usize>) -> ArrayF32 {
 
 /// [n, c, h, w] -> [n, 1, h, w], channel 0.
 fn first_channel(a: &ArrayF32) -> ArrayF32 {
-    let (n, c) = (a.shape[0], a.shape.get(1).copied().unwrap_or(1));
+    let n = a.shape.first().copied().unwrap_or(0);
+    let c = a.shape.get(1).copied().unwrap_or(1);
     let plane: usize = a.shape.get(2..).map_or(0, |d| d.iter().product());
-    if a.data.len() < n * c * plane {
+    if a.shape.len() != 4 || a.data.len() < n * c * plane {
         return ArrayF32 {
             shape: vec![n, 1, 0, 0],
             data: Vec::new(),
