@@ -213,7 +213,25 @@ def manifest(out, models, extra_files):
         lines.append(f'condition_{c} = ["conditions"]')
     lines += ['level_localization = ["slice_agents", "series_pool", "conditions"]']
     lines += ['graded_stenosis = ["conditions"]']
+    if any(m["name"] == "report_projector" for m in models):
+        lines += ['report_agent_visual_tokens = ["report_projector"]']
     (out / "bundle.toml").write_text("\n".join(lines) + "\n")
+
+
+def export_projector(state_path, out):
+    """The report agent's visual projector: slice embeddings -> 64 tokens
+    in the language model's hidden size (report_lm/projector.py)."""
+    from report_lm.projector import VisualProjector
+
+    state = torch.load(state_path)
+    dim, hidden = state["norm.weight"].shape[0], state["down.weight"].shape[0]
+    proj = VisualProjector(dim=dim, hidden=hidden, queries=state["queries"].shape[0])
+    proj.load_state_dict(state)
+    x = torch.randn(37, dim)
+    return export(
+        proj, "report_projector", [x], ["slice_embeddings"], ["visual_tokens"],
+        {"slice_embeddings": ["slices", dim], "visual_tokens": [proj.queries.shape[0], hidden]}, out,
+    )  # fmt: skip
 
 
 def main():
@@ -221,6 +239,8 @@ def main():
     ap.add_argument("--work", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--agents", default="agents.pt", help="checkpoint in WORK")
+    ap.add_argument("--report-projector", type=Path, help="report_lm/train.py --projector output (state dict)")
+    ap.add_argument("--report-adapter", type=Path, help="report_lm/train.py LoRA adapter (safetensors)")
     args = ap.parse_args()
     w = args.work
     if args.out.exists():
@@ -318,7 +338,13 @@ def main():
             [{"case": st["name"], "report": st["report"]} for st in cache["train"]], indent=1
         )
     )
-    manifest(args.out, models, {"retrieval_index": index_path, "retrieval_reports": reports_path})
+    files = {"retrieval_index": index_path, "retrieval_reports": reports_path}
+    if args.report_projector:
+        models.append(export_projector(args.report_projector, args.out))
+    if args.report_adapter:
+        files["report_adapter"] = args.out / "report_adapter.safetensors"
+        shutil.copyfile(args.report_adapter, files["report_adapter"])
+    manifest(args.out, models, files)
     total = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(f"bundle {args.out}: {total / 1e6:.1f} MB; encoder {flops_per_slice() / 1e9:.2f} GFLOPs per slice")
 

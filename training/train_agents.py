@@ -390,18 +390,22 @@ def train_study_agents(agents, train, stats, minutes, batch=24, lr=1e-3, label="
 
 
 def train_agents(
-    agents, train, feats, val, val_feats, slice_minutes, condition_minutes, study_minutes, label="", earlier=None
+    agents, train, feats, val, val_feats, slice_minutes, condition_minutes, study_minutes, label="", earlier=None,
+    slice_continue=False,
 ):
     """Stage A, then B1 and B2. `earlier`: an earlier run's agents (same
-    features) whose slice agents are taken instead of stage A, and whose
-    pooling, patient and retrieval weights are the start of B2 (kept as
-    they are with `study_minutes` 0)."""
+    features) whose slice agents are taken instead of stage A (or, with
+    `slice_continue`, are where stage A starts), and whose pooling, patient
+    and retrieval weights are the start of B2 (kept as they are with
+    `study_minutes` 0)."""
     if earlier is not None:
         own = agents.state_dict()
         taken = {k: v for k, v in earlier.items() if k in own and own[k].shape == v.shape and not k.startswith("conditions.")}
         agents.load_state_dict(taken, strict=False)
         s1 = 0
         print(f"{label}: slice agents, pooling and retrieval taken from an earlier run ({len(taken)} tensors)", flush=True)
+        if slice_continue:
+            s1 = train_slice_agents(agents, train, feats, slice_minutes, lr=1e-3, label=label)
     else:
         s1 = train_slice_agents(agents, train, feats, slice_minutes, label=label)
     started = time.time()
@@ -431,6 +435,10 @@ def main():
     )
     ap.add_argument(
         "--slice-from", help="an earlier checkpoint on the same features: take its slice agents (no stage A) and start B2 from it"
+    )
+    ap.add_argument(
+        "--slice-continue", action="store_true",
+        help="with --slice-from: continue stage A from its slice agents for --slice-minutes (steps add up)",
     )
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
@@ -471,7 +479,7 @@ def main():
     steps = train_agents(
         agents, cache["train"], feats["train"], cache["validation"], feats["validation"],
         args.slice_minutes, args.condition_minutes, args.study_minutes, label="agents",
-        earlier=earlier["agents"] if earlier else None,
+        earlier=earlier["agents"] if earlier else None, slice_continue=args.slice_continue,
     )  # fmt: skip
     agents_ablation = Agents()
     ab_steps = train_agents(
@@ -479,11 +487,11 @@ def main():
         pick(args.ablation_slice_minutes, args.slice_minutes),
         pick(args.ablation_condition_minutes, args.condition_minutes),
         pick(args.ablation_study_minutes, args.study_minutes),
-        label="ablation", earlier=earlier["agents_ablation"] if earlier else None,
+        label="ablation", earlier=earlier["agents_ablation"] if earlier else None, slice_continue=args.slice_continue,
     )  # fmt: skip
     if earlier:  # the slice agents' (and B2's, when not trained here) steps are the earlier run's
         for mine, theirs in ((steps, earlier["steps"]["agents"]), (ab_steps, earlier["steps"]["ablation"])):
-            mine["slice"] = theirs["slice"]
+            mine["slice"] += theirs["slice"]
             if not mine["study"]:
                 mine["study"] = theirs["study"]
     torch.save(

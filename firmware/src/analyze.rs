@@ -35,6 +35,14 @@ pub fn default_bundle() -> PathBuf {
         .unwrap_or(local)
 }
 
+/// The LoRA adapter a bundle ships for the report agent (trained together
+/// with its visual projector; alpha / rank folded into the weights).
+pub fn bundle_adapter(bundle: &Path) -> Option<std::path::PathBuf> {
+    spineagent_engine::bundle::Bundle::open(bundle)
+        .ok()?
+        .file("report_adapter")
+}
+
 /// Loads the report agent's language model (and warms it up with a short
 /// generation, so the first report does not pay for page faults).
 pub fn report_agent(

@@ -133,7 +133,9 @@ pub struct ReportConfig {
     #[serde(default)]
     pub language_model: Option<PathBuf>,
     /// LoRA adapters for the language model (safetensors, see
-    /// `engine::lm::load_loras`); applied at load time.
+    /// `engine::lm::load_loras`); applied at load time. Omitted: the
+    /// model bundle's `report_adapter`, if it has one (trained with the
+    /// bundle's visual projector, for SmolLM2-135M-Instruct).
     #[serde(default)]
     pub adapter: Option<PathBuf>,
     /// alpha / rank of the adapters.

@@ -511,16 +511,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             out,
         } => {
             let files = scu::collect_files(&paths).context("listing files")?;
+            let bundle = bundle.unwrap_or_else(spineagent::analyze::default_bundle);
             let agent = match &language_model {
-                Some(path) => Some(std::sync::Mutex::new(spineagent::analyze::report_agent(
-                    path,
-                    lm_adapter.as_deref().map(|a| (a, 1.0)),
-                    report_budget,
-                    max_new_tokens,
-                )?)),
+                Some(path) => {
+                    // The bundle's adapter (trained with its projector) unless one is named.
+                    let adapter = lm_adapter.or_else(|| spineagent::analyze::bundle_adapter(&bundle));
+                    Some(std::sync::Mutex::new(spineagent::analyze::report_agent(
+                        path,
+                        adapter.as_deref().map(|a| (a, 1.0)),
+                        report_budget,
+                        max_new_tokens,
+                    )?))
+                }
                 None => None,
             };
-            let bundle = bundle.unwrap_or_else(spineagent::analyze::default_bundle);
             let mut options = spineagent_engine::SessionOptions::default();
             if let Some(t) = threads {
                 options.threads = t;
@@ -666,7 +670,11 @@ fn report_stage(
             Some(path) => Some(std::sync::Arc::new(std::sync::Mutex::new(
                 spineagent::analyze::report_agent(
                     &path,
-                    cfg.report_adapter().as_deref().map(|a| (a, cfg.report.adapter_scale)),
+                    cfg.report_adapter()
+                        .map(|a| (a, cfg.report.adapter_scale))
+                        .or_else(|| loaded.bundle.file("report_adapter").map(|a| (a, 1.0)))
+                        .as_ref()
+                        .map(|(a, s)| (a.as_path(), *s)),
                     cfg.report.budget_seconds,
                     cfg.report.max_new_tokens,
                 )?,

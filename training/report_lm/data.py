@@ -165,4 +165,4 @@ def sample(studies, rng, augment=True):
         f["p"] = rng.uniform(0.3, 0.99)
     uniq.sort(key=lambda f: -f["p"])
     other = rng.choice([s for s in studies if s is not st])
-    return prompt("lumbar", tokens(uniq, other["report"])), compose(uniq), uniq
+    return prompt("lumbar", tokens(uniq, other["report"])), compose(uniq), uniq, st["dir"]

@@ -100,9 +100,12 @@ class Llama(torch.nn.Module):
     def forward(self, ids, use_lora=True, past=None, logits_from=0):
         """ids [n] at positions start..start+n where start = len of past KV;
         returns (logits [1, n - logits_from, vocab], new per-layer KV)."""
-        n = ids.shape[-1]
+        return self.forward_embeds(self.embed[ids].unsqueeze(0), use_lora, past, logits_from)
+
+    def forward_embeds(self, h, use_lora=True, past=None, logits_from=0):
+        """The same from embeddings h [1, n, hidden] (visual tokens)."""
+        n = h.shape[1]
         start = 0 if past is None else past[0][0].shape[2]
-        h = self.embed[ids].unsqueeze(0)
         mask = torch.full((n, start + n), float("-inf")).triu(start + 1)
         kvs = []
         for i in range(self.layers):

@@ -256,6 +256,11 @@ pub struct StudyAnalysis {
     /// Presence probability per covered position and condition.
     pub probabilities: Vec<(String, String, f32)>,
     pub structured_tokens: String,
+    /// The report agent's visual tokens [queries, hidden] from the bundle's
+    /// projector over every slice's class token; None when the bundle has
+    /// no projector.
+    #[serde(skip)]
+    pub visual_tokens: Option<ArrayF32>,
     /// Wall time of the analysis (decode and preprocessing included when the
     /// caller measures them; see `spineagent analyze`).
     pub seconds: f64,
@@ -277,6 +282,8 @@ pub struct SpineModels {
     series_pool: Arc<Model>,
     patient: Arc<Model>,
     conditions: Arc<Model>,
+    /// The report agent's visual projector (optional in a bundle).
+    report_projector: Option<Arc<Model>>,
     index: ArrayF32,
     cases: Vec<ReferenceCase>,
     labels: Labels,
@@ -385,6 +392,7 @@ impl SpineModels {
             series_pool: load("series_pool")?,
             patient: load("patient")?,
             conditions: load("conditions")?,
+            report_projector: load("report_projector").ok(),
             index,
             cases,
             labels,
@@ -529,6 +537,9 @@ impl SpineModels {
         let mut slot_mass = vec![0f32; n_slots * n_levels];
         let mut out_series = Vec::new();
         let mut slots = Vec::new();
+        // Every slice's class token, for the report agent's projector.
+        let mut slice_embeddings: Vec<f32> = Vec::new();
+        let mut embedding_width = 0;
         for mut input in series {
             if input.pixels.shape.first().copied().unwrap_or(0) == 0 {
                 continue;
@@ -543,6 +554,10 @@ impl SpineModels {
             };
             let seg_rec = self.slice_agents.run(self.slice_agent_inputs(&encoded)?)?;
             let EncodedSlices { cls, patches, .. } = encoded;
+            if self.report_projector.is_some() {
+                embedding_width = cls.shape.get(1).copied().unwrap_or(0);
+                slice_embeddings.extend_from_slice(&cls.data);
+            }
             let (seg, rec) = (&seg_rec[0], &seg_rec[1]);
             let pooled = self.series_pool.run(vec![cls, patches, seg.clone()])?;
             let (emb, attention, feats, mass) = (&pooled[0], &pooled[1], &pooled[2], &pooled[3]);
@@ -637,10 +652,27 @@ impl SpineModels {
             patient_embedding: patient[0].data.clone(),
             probabilities,
             structured_tokens: String::new(),
+            visual_tokens: self.visual_tokens(slice_embeddings, embedding_width)?,
             seconds: 0.0,
         };
         analysis.structured_tokens = structured_tokens(&analysis);
         Ok(analysis)
+    }
+
+    /// The projector over the study's slice embeddings [slices, width].
+    fn visual_tokens(&self, slices: Vec<f32>, width: usize) -> Result<Option<ArrayF32>, AnalysisError> {
+        let Some(projector) = &self.report_projector else {
+            return Ok(None);
+        };
+        if width == 0 || slices.is_empty() {
+            return Ok(None);
+        }
+        let input = ArrayF32 {
+            shape: vec![slices.len() / width, width],
+            data: slices,
+        };
+        let out = projector.run(vec![input])?;
+        Ok(out.into_iter().next())
     }
 
     fn describe_series(

@@ -110,6 +110,7 @@ mod tests {
                 ("L4-L5".into(), "hemangioma".into(), 0.1),
             ],
             structured_tokens: String::new(),
+            visual_tokens: None,
             seconds: 0.0,
         };
         let t = structured_tokens(&a);

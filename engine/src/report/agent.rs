@@ -7,6 +7,8 @@
 
 use std::time::{Duration, Instant};
 
+use candle_core::{Device, Tensor};
+
 use crate::analysis::StudyAnalysis;
 use crate::lm::{Generated, ReportLm, prompt};
 
@@ -43,6 +45,11 @@ pub struct AgentOutcome {
     /// Why this text: "verified", or the reason for the fallback.
     pub reason: String,
     pub drafts: Vec<Draft>,
+    /// Visual tokens the prompt carried (0: none), and why none when the
+    /// bundle has a projector the model cannot take.
+    pub visual_tokens: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub visual_note: Option<String>,
 }
 
 impl AgentOutcome {
@@ -76,17 +83,43 @@ fn sections(text: &str) -> Option<(String, String)> {
     Some((findings, impression))
 }
 
+/// The analysis's visual tokens as the model's input [1, queries, hidden],
+/// or why there are none.
+fn visual_input(analysis: &StudyAnalysis, hidden: usize) -> (Option<Tensor>, Option<String>) {
+    let Some(tokens) = &analysis.visual_tokens else {
+        return (None, None);
+    };
+    match tokens.shape[..] {
+        [queries, h] if h == hidden => match Tensor::from_vec(tokens.data.clone(), (1, queries, h), &Device::Cpu) {
+            Ok(t) => (Some(t), None),
+            Err(e) => (None, Some(format!("visual tokens unusable: {e}"))),
+        },
+        _ => (
+            None,
+            Some(format!(
+                "the bundle's projector makes tokens of shape {:?}, the language model's hidden size is {hidden}: \
+                 no visual tokens",
+                tokens.shape
+            )),
+        ),
+    }
+}
+
 impl ReportAgent {
     pub fn write(&mut self, analysis: &StudyAnalysis, composed: &Report) -> AgentOutcome {
         let started = Instant::now();
         let deadline = started + self.budget;
         let mut drafts = Vec::new();
         let mut correction: Option<String> = None;
+        let (visual, visual_note) = visual_input(analysis, self.lm.hidden_size());
+        let visual_tokens = visual.as_ref().and_then(|v| v.dim(1).ok()).unwrap_or(0);
         let fallback = |reason: String, drafts: Vec<Draft>| AgentOutcome {
             report: composed.clone(),
             source: TextSource::Composer,
             reason,
             drafts,
+            visual_tokens,
+            visual_note: visual_note.clone(),
         };
         for _ in 0..self.attempts.max(1) {
             if Instant::now() >= deadline {
@@ -95,7 +128,7 @@ impl ReportAgent {
             let parts = prompt::build(
                 &composed.region,
                 &analysis.structured_tokens,
-                None,
+                visual.clone(),
                 correction.as_deref(),
             );
             let t = Instant::now();
@@ -130,6 +163,8 @@ impl ReportAgent {
                     source: TextSource::LanguageModel,
                     reason: format!("verified, draft {}", drafts.len()),
                     drafts,
+                    visual_tokens,
+                    visual_note: visual_note.clone(),
                 };
             }
             correction = Some(described.join("; "));
@@ -142,6 +177,7 @@ impl ReportAgent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::npy::ArrayF32;
 
     #[test]
     fn model_text_is_split_into_its_sections() {
@@ -150,5 +186,42 @@ mod tests {
         assert_eq!(i, "IMPRESSION:\n1. Normal.");
         assert!(sections("DISCS: ok. IMPRESSION: 1.").is_none());
         assert!(sections("FINDINGS: ok.").is_none());
+    }
+
+    fn with_visual(tokens: Option<ArrayF32>) -> StudyAnalysis {
+        StudyAnalysis {
+            synthetic_model: true,
+            bundle: "test".into(),
+            series: vec![],
+            levels_covered: vec![],
+            findings: vec![],
+            graded: vec![],
+            similar_cases: vec![],
+            patient_embedding: vec![],
+            probabilities: vec![],
+            structured_tokens: String::new(),
+            visual_tokens: tokens,
+            seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn visual_tokens_go_in_only_at_the_models_hidden_size() {
+        let tokens = ArrayF32 {
+            shape: vec![64, 8],
+            data: (0..64 * 8).map(|i| i as f32).collect(),
+        };
+        let (t, note) = visual_input(&with_visual(Some(tokens.clone())), 8);
+        let t = t.expect("tokens of the model's size are used");
+        assert_eq!(t.dims(), &[1, 64, 8]);
+        assert_eq!(t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), tokens.data);
+        assert!(note.is_none());
+
+        let (t, note) = visual_input(&with_visual(Some(tokens)), 576);
+        assert!(t.is_none());
+        assert!(note.unwrap().contains("hidden size is 576"));
+
+        let (t, note) = visual_input(&with_visual(None), 576);
+        assert!(t.is_none() && note.is_none(), "no projector, nothing to say");
     }
 }

@@ -349,6 +349,7 @@ mod tests {
             patient_embedding: vec![],
             probabilities: vec![],
             structured_tokens: String::new(),
+            visual_tokens: None,
             seconds: 0.0,
         };
         let text = compose(&a, &Triage::builtin(), "lumbar").text();

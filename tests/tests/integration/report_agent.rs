@@ -67,6 +67,15 @@ fn check_agent_outputs(out: &Path) {
         assert!(d["prompt_tokens"].as_u64().unwrap() > 100, "{d}");
         assert!(d["new_tokens"].as_u64().unwrap() > 0, "{d}");
     }
+    // With the bundle's visual projector, every prompt carries its 64 visual
+    // tokens (training/report_lm/projector.py), and says so.
+    let bundle = spineagent_engine::bundle::Bundle::open(&root().join("models/spinefm-tiny")).unwrap();
+    let visual = if bundle.model("report_projector").is_some() {
+        64
+    } else {
+        0
+    };
+    assert_eq!(agent["visual_tokens"], visual, "{agent}");
     let report = std::fs::read_to_string(out.join("report.txt")).unwrap();
     let reason = agent["reason"].as_str().unwrap();
     match agent["source"].as_str().unwrap() {
