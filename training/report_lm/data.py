@@ -117,8 +117,11 @@ def tokens(findings, similar):
             f"<similar_case_report>{similar.strip()}</similar_case_report>")
 
 
-def prompt(region, structured):
-    user = f"Region: {region}.\nTemplate:\n{TEMPLATES.get(region, TEMPLATES['_'])}\n\n{structured}\n" + "Write the report."
+def prompt(region, structured, correction=None):
+    user = f"Region: {region}.\nTemplate:\n{TEMPLATES.get(region, TEMPLATES['_'])}\n\n{structured}\n"
+    if correction:
+        user += f"\nYour previous draft was wrong: {correction}\nWrite the report again.\n"
+    user += "Write the report."
     return (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n<image>"
             f"</image>\n{user}<|im_end|>\n<|im_start|>assistant\n")
 
@@ -150,6 +153,13 @@ def sample(studies, rng, augment=True):
         fs.append({"condition": f["condition"], "level": f["level"],
                    "side": f["side"] if f.get("side") in ("left", "right") else "both_or_central",
                    "severity": f["severity"] or rng.choice(["mild", "moderate", "severe"])})
+    # The served agents call disc degeneration and height loss at several
+    # lumbar discs in most studies (the drafts that failed verification
+    # mostly left some of those out): train on lists shaped like that.
+    if augment and rng.random() < 0.5:
+        for lv in rng.sample(LUMBAR_DISCS, rng.randint(1, 4)):
+            fs.append({"condition": rng.choice(["disc_degeneration", "disc_height_loss"]), "level": lv,
+                       "side": "both_or_central", "severity": rng.choice(["mild", "moderate", "severe"])})
     if augment and rng.random() < 0.7:
         for f in fs:
             if rng.random() < 0.3: f["severity"] = rng.choice(["mild", "moderate", "severe"])
@@ -165,4 +175,28 @@ def sample(studies, rng, augment=True):
         f["p"] = rng.uniform(0.3, 0.99)
     uniq.sort(key=lambda f: -f["p"])
     other = rng.choice([s for s in studies if s is not st])
-    return prompt("lumbar", tokens(uniq, other["report"])), compose(uniq), uniq, st["dir"]
+    correction = wrong_draft(uniq, rng) if augment and rng.random() < 0.25 else None
+    return prompt("lumbar", tokens(uniq, other["report"]), correction), compose(uniq), uniq, st["dir"]
+
+
+def wrong_draft(findings, rng):
+    """What the verifier (engine/src/report/verify.rs) says of a bad first
+    draft, so the model learns the second draft the agent asks for."""
+    said = []
+    name = lambda c: c.replace("_", " ")  # noqa: E731
+    for f in rng.sample(findings, min(len(findings), rng.randint(1, 3))):
+        kind = rng.choice(["missing", "severity", "side"])
+        if kind == "missing":
+            said.append(f"{name(f['condition'])} at {f['level']} is missing")
+        elif kind == "severity":
+            other = rng.choice([s for s in ["mild", "moderate", "severe"] if s != f["severity"]])
+            said.append(f"{name(f['condition'])} at {f['level']} is {f['severity']}, not {other}")
+        elif f["side"] in ("left", "right"):
+            other = "right" if f["side"] == "left" else "left"
+            said.append(f"{name(f['condition'])} at {f['level']} is on the {f['side']} side, not {other}")
+    if rng.random() < 0.5:
+        extra = random_finding(rng)
+        said.append(f"{name(extra['condition'])} at {extra['level']} is not among the findings")
+    if rng.random() < 0.3:
+        said.append(rng.choice(["the IMPRESSION section is missing", "the FINDINGS section is missing"]))
+    return "; ".join(said) if said else "the IMPRESSION section is missing"
