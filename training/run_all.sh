@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Makes the default bundle from nothing: phantom dataset -> the product's
 # preprocessing -> self-supervised encoders -> synthesizer and agents ->
-# ONNX bundle in models/spinefm-tiny -> evaluation report. SYNTHETIC data
-# only. About an hour on a 2-core CPU; not run by CI.
+# report agent projector and adapter -> ONNX bundle in models/spinefm-tiny ->
+# evaluation report. SYNTHETIC data
+# only. About two hours on a 2-core CPU; not run by CI.
 #   training/run_all.sh [WORK_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,12 @@ wait
 "$PY" train_agents.py --cache "../$WORK/cache.pt" --t1 "../$WORK/enc_t1_ft.pt" --t2 "../$WORK/enc_t2_ft.pt" \
   --out "../$WORK/agents.pt" --synth-minutes 3 --slice-minutes 14 --condition-minutes 1.5 --study-minutes 4 \
   --ablation-slice-minutes 6 --ablation-condition-minutes 1.5 --ablation-study-minutes 2 --threads 2
-"$PY" export.py --work "../$WORK" --out ../models/spinefm-tiny
+# The report agent's visual projector and LoRA adapter (SmolLM2-135M-Instruct
+# from scripts/setup), on the same slice embeddings the engine computes.
+"$PY" report_lm/slices.py "../$WORK/cache.pt" "../$WORK/agents.pt.features" "../$WORK/slice_cls.pt"
+SPINEAGENT_DATASET="../$WORK/ds" "$PY" report_lm/train.py 30 "../$WORK/report_adapter.safetensors" \
+  --slices "../$WORK/slice_cls.pt" --projector "../$WORK/report_projector.pt"
+"$PY" export.py --work "../$WORK" --out ../models/spinefm-tiny \
+  --report-projector "../$WORK/report_projector.pt" --report-adapter "../$WORK/report_adapter.safetensors"
 "$PY" calibrate.py --work "../$WORK" --bundle ../models/spinefm-tiny
 "$PY" evaluate.py --work "../$WORK" --out ../models/spinefm-tiny/EVALUATION.md
