@@ -35,25 +35,30 @@ pub fn default_bundle() -> PathBuf {
         .unwrap_or(local)
 }
 
-/// The LoRA adapter a bundle ships for the report agent (trained together
-/// with its visual projector; alpha / rank folded into the weights).
-pub fn bundle_adapter(bundle: &Path) -> Option<std::path::PathBuf> {
-    spineagent_engine::bundle::Bundle::open(bundle)
-        .ok()?
-        .file("report_adapter")
+/// The report agent's LoRA adapter and its scale: the one named (config or
+/// command line), else the one the bundle ships (trained together with its
+/// visual projector; alpha / rank already folded into the weights).
+pub fn chosen_adapter(
+    named: Option<PathBuf>,
+    scale: f64,
+    bundle: &spineagent_engine::bundle::Bundle,
+) -> Option<(PathBuf, f64)> {
+    named
+        .map(|a| (a, scale))
+        .or_else(|| bundle.file("report_adapter").map(|a| (a, 1.0)))
 }
 
 /// Loads the report agent's language model (and warms it up with a short
 /// generation, so the first report does not pay for page faults).
 pub fn report_agent(
     path: &Path,
-    adapter: Option<(&Path, f64)>,
+    adapter: Option<(PathBuf, f64)>,
     budget_seconds: f64,
     max_new_tokens: usize,
 ) -> anyhow::Result<ReportAgent> {
     let started = std::time::Instant::now();
     let loras = match adapter {
-        Some((file, scale)) => spineagent_engine::lm::load_loras(file, scale)
+        Some((file, scale)) => spineagent_engine::lm::load_loras(&file, scale)
             .with_context(|| format!("loading the adapter {}", file.display()))?,
         None => Default::default(),
     };

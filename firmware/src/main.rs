@@ -512,19 +512,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let files = scu::collect_files(&paths).context("listing files")?;
             let bundle = bundle.unwrap_or_else(spineagent::analyze::default_bundle);
-            let agent = match &language_model {
-                Some(path) => {
-                    // The bundle's adapter (trained with its projector) unless one is named.
-                    let adapter = lm_adapter.or_else(|| spineagent::analyze::bundle_adapter(&bundle));
-                    Some(std::sync::Mutex::new(spineagent::analyze::report_agent(
-                        path,
-                        adapter.as_deref().map(|a| (a, 1.0)),
-                        report_budget,
-                        max_new_tokens,
-                    )?))
-                }
-                None => None,
-            };
             let mut options = spineagent_engine::SessionOptions::default();
             if let Some(t) = threads {
                 options.threads = t;
@@ -533,6 +520,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let (models, analyzed) =
                 spineagent::analyze::load_and_analyze(&files, &bundle, &options, threshold, accept_unknown_region)
                     .with_context(|| format!("analyzing with {}", bundle.display()))?;
+            let agent = match &language_model {
+                Some(path) => Some(std::sync::Mutex::new(spineagent::analyze::report_agent(
+                    path,
+                    spineagent::analyze::chosen_adapter(lm_adapter, 1.0, &models.bundle),
+                    report_budget,
+                    max_new_tokens,
+                )?)),
+                None => None,
+            };
             if let Some(dir) = &out {
                 let report = spineagent::analyze::write_outputs(
                     &models,
@@ -670,11 +666,7 @@ fn report_stage(
             Some(path) => Some(std::sync::Arc::new(std::sync::Mutex::new(
                 spineagent::analyze::report_agent(
                     &path,
-                    cfg.report_adapter()
-                        .map(|a| (a, cfg.report.adapter_scale))
-                        .or_else(|| loaded.bundle.file("report_adapter").map(|a| (a, 1.0)))
-                        .as_ref()
-                        .map(|(a, s)| (a.as_path(), *s)),
+                    spineagent::analyze::chosen_adapter(cfg.report_adapter(), cfg.report.adapter_scale, &loaded.bundle),
                     cfg.report.budget_seconds,
                     cfg.report.max_new_tokens,
                 )?,
