@@ -1,10 +1,14 @@
 """Evaluates the report text (SYNTHETIC: phantom studies, no clinical claim).
 
 On held-out phantom studies (seeds never used in training, all four vendor
-styles), `spineagent analyze --language-model` writes, per study:
-- the deterministic composer's text (report_composer.txt),
-- the language model's first draft, unchecked ("model alone"),
-- the text the report agent chose after verification ("model + verifier").
+styles), `spineagent analyze --language-model` runs twice per study:
+- with `--unguided`: the language model's first draft, unsteered and
+  unchecked ("model alone");
+- as the product runs it (grounded decoding on): its last draft, steered
+  but not yet judged ("model, grounded decoding"), and the text the report
+  agent used after verification ("model + grounded decoding + verifier",
+  which is the composer's when every draft failed); the deterministic
+  composer's text (report_composer.txt) too.
 Each is scored against the phantom's ground truth (finding-level precision
 and recall at condition + level, read by `spineagent verify-report`, the
 verifier's own reader) and against the phantom's reference report (BLEU-4,
@@ -72,6 +76,10 @@ def stated(binary, text, tmp):
     return {(s["condition"], s["level"]) for s in json.loads(out)["stated"]}
 
 
+def median(values):
+    return sorted(values)[len(values) // 2] if values else 0
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", default="target/release/spineagent")
@@ -82,34 +90,45 @@ def main():
     ap.add_argument("--budget", type=float, default=600.0)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    systems = ["composer", "model alone", "model + verifier"]
+    systems = ["composer", "model alone", "model, grounded decoding", "model + grounded decoding + verifier"]
     tp = collections.Counter()
     fp = collections.Counter()
     fn = collections.Counter()
     bleu = collections.defaultdict(list)
     rouge = collections.defaultdict(list)
     sources = collections.Counter()
-    speed, seconds = [], []
+    speed, seconds, steered, reasons = [], [], [], []
+    speed_alone, seconds_alone = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.count):
             seed, vendor = args.seed + i, VENDORS[i % 4]
             study, out = os.path.join(tmp, f"s{i}"), os.path.join(tmp, f"o{i}")
             subprocess.run([args.binary, "phantom", "study", "--seed", str(seed), "--region", "lumbar",
                             "--vendor", vendor, "--standard", "--out", study], check=True, capture_output=True)
-            subprocess.run([args.binary, "analyze", "--threads", "2", "--language-model", args.lm,
-                            "--max-new-tokens", str(args.max_new_tokens), "--report-budget", str(args.budget),
-                            "--out", out, study], check=True, capture_output=True)
+            def analyze(out, *extra):
+                subprocess.run([args.binary, "analyze", "--threads", "2", "--language-model", args.lm,
+                                "--max-new-tokens", str(args.max_new_tokens), "--report-budget", str(args.budget),
+                                *extra, "--out", out, study], check=True, capture_output=True)
+                return json.load(open(os.path.join(out, "report_agent.json")))
+
+            alone = analyze(out + "-unguided", "--unguided")
+            agent = analyze(out)
             truth = json.load(open(os.path.join(study, "truth.json")))
-            agent = json.load(open(os.path.join(out, "report_agent.json")))
             texts = {
                 "composer": open(os.path.join(out, "report_composer.txt")).read(),
-                "model alone": agent["drafts"][0]["text"] if agent["drafts"] else "",
-                "model + verifier": open(os.path.join(out, "report.txt")).read(),
+                "model alone": alone["drafts"][0]["text"] if alone["drafts"] else "",
+                "model, grounded decoding": agent["drafts"][-1]["text"] if agent["drafts"] else "",
+                "model + grounded decoding + verifier": open(os.path.join(out, "report.txt")).read(),
             }
             sources[agent["source"]] += 1
+            reasons.append(agent["reason"])
             for d in agent["drafts"]:
                 speed.append(d["tokens_per_second"])
                 seconds.append(d["seconds"])
+                steered.append(d.get("steered", 0))
+            for d in alone["drafts"]:
+                speed_alone.append(d["tokens_per_second"])
+                seconds_alone.append(d["seconds"])
             want = {(f["condition"], f["level"]) for f in truth["findings"]}
             reference = truth["report_findings"] + "\n" + truth["report_impression"]
             for name, text in texts.items():
@@ -151,9 +170,16 @@ def main():
     lines += [
         "",
         f"Text used by the agent: {dict(sources)}.",
-        f"Drafts: {len(speed)}; decode speed median {sorted(speed)[len(speed) // 2]:.1f} tokens/s; "
-        f"time per draft (prefill + decode) median {sorted(seconds)[len(seconds) // 2]:.1f} s "
-        f"(max {max(seconds):.1f} s), on the project's 2-core CPU.",
+        "",
+        "Why, per study: " + "; ".join(f"{i + 1}: {r}" for i, r in enumerate(reasons)) + ".",
+        "",
+        f"Grounded decoding: {len(speed)} drafts; decode speed median {median(speed):.1f} tokens/s "
+        "(every decoded token, those taken back included); "
+        f"time per draft (prefill + decode) median {median(seconds):.1f} s (max {max(seconds):.1f} s); "
+        f"steered median {median(steered)} times per draft (max {max(steered)}).",
+        f"Model alone: {len(speed_alone)} drafts; decode speed median {median(speed_alone):.1f} tokens/s; "
+        f"time per draft median {median(seconds_alone):.1f} s (max {max(seconds_alone):.1f} s).",
+        "All on the project's 2-core CPU, debug or release build as the command names.",
         "",
     ]
     with open(args.out, "w") as f:

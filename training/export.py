@@ -25,7 +25,7 @@ from spinefm.model import GRID, IMAGE, WIDTH, Encoder, SliceAgents, Synthesizer,
 from spinefm.pipeline import Agents, load_agents
 from train_agents import as_float, load_encoder
 
-VERSION = "0.4.0"
+VERSION = "0.4.1"
 
 
 def fold_channels(encoder):

@@ -34,7 +34,11 @@ wait
   --ablation-slice-minutes 6 --ablation-condition-minutes 1.5 --ablation-study-minutes 2 --threads 2
 # The report agent's visual projector and LoRA adapter (SmolLM2-135M-Instruct
 # from scripts/setup), on the same slice embeddings the engine computes.
-"$PY" report_lm/slices.py "../$WORK/cache.pt" "../$WORK/agents.pt.features" "../$WORK/slice_cls.pt"
+# The slice embeddings come from the engine itself (`analyze --out` writes
+# them), so the bundle must exist first: export, then the projector and
+# adapter, then export again with them.
+"$PY" export.py --work "../$WORK" --out ../models/spinefm-tiny
+"$PY" report_lm/slices.py "$BIN" ../models/spinefm-tiny "../$WORK/ds" "../$WORK/slice_cls.pt"
 SPINEAGENT_DATASET="../$WORK/ds" "$PY" report_lm/train.py 30 "../$WORK/report_adapter.safetensors" \
   --slices "../$WORK/slice_cls.pt" --projector "../$WORK/report_projector.pt"
 "$PY" export.py --work "../$WORK" --out ../models/spinefm-tiny \

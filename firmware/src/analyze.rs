@@ -55,6 +55,8 @@ pub fn report_agent(
     adapter: Option<(PathBuf, f64)>,
     budget_seconds: f64,
     max_new_tokens: usize,
+    guided: bool,
+    repeat_penalty: f32,
 ) -> anyhow::Result<ReportAgent> {
     let started = std::time::Instant::now();
     let loras = match adapter {
@@ -64,11 +66,13 @@ pub fn report_agent(
     };
     let mut lm = spineagent_engine::lm::ReportLm::load(path, &loras)
         .with_context(|| format!("loading the report language model {}", path.display()))?;
+    lm.repeat_penalty = repeat_penalty;
     let warm = lm.generate(
         &[spineagent_engine::lm::PromptPart::Text(
             "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n".into(),
         )],
         4,
+        None,
         None,
         |_| {},
     )?;
@@ -83,6 +87,7 @@ pub fn report_agent(
         budget: std::time::Duration::from_secs_f64(budget_seconds),
         max_new_tokens,
         attempts: 2,
+        guided,
     })
 }
 

@@ -148,6 +148,23 @@ pub struct ReportConfig {
     /// Longest draft, in tokens.
     #[serde(default = "default_max_new_tokens")]
     pub max_new_tokens: usize,
+    /// Steer the model while it writes with the verifier's reading of
+    /// each clause (`engine::report::grounding`); the finished draft is
+    /// verified either way.
+    #[serde(default = "default_true")]
+    pub grounded_decoding: bool,
+    /// Penalty on the logits of recently written tokens (1.0: none; see
+    /// `engine::lm::DEFAULT_REPEAT_PENALTY` for why none).
+    #[serde(default = "default_repeat_penalty")]
+    pub repeat_penalty: f32,
+}
+
+pub fn default_repeat_penalty() -> f32 {
+    spineagent_engine::lm::DEFAULT_REPEAT_PENALTY
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_adapter_scale() -> f64 {
@@ -170,6 +187,8 @@ impl Default for ReportConfig {
             adapter_scale: default_adapter_scale(),
             budget_seconds: default_report_budget(),
             max_new_tokens: default_max_new_tokens(),
+            grounded_decoding: true,
+            repeat_penalty: default_repeat_penalty(),
         }
     }
 }
@@ -437,6 +456,9 @@ impl Config {
             return Err(invalid("report.budget_seconds", "must be a positive number"));
         }
         positive("report.max_new_tokens", self.report.max_new_tokens as u64)?;
+        if !(1.0..=2.0).contains(&self.report.repeat_penalty) {
+            return Err(invalid("report.repeat_penalty", "must be between 1.0 and 2.0"));
+        }
         let r = self.spool.retention_days;
         if !(r >= 0.0 && r.is_finite()) {
             return Err(invalid("spool.retention_days", "must be a number >= 0"));
@@ -577,6 +599,10 @@ mod tests {
         );
         let err = Config::from_toml_str(&text, Path::new("t.toml"), ".".into()).unwrap_err();
         assert!(err.to_string().contains("disk_high_watermark_percent"), "{err}");
+
+        let text = DEFAULT_CONFIG_TOML.replace("repeat_penalty = 1.0", "repeat_penalty = 0.5");
+        let err = Config::from_toml_str(&text, Path::new("t.toml"), ".".into()).unwrap_err();
+        assert!(err.to_string().contains("report.repeat_penalty"), "{err}");
     }
 
     #[test]

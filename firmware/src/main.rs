@@ -106,6 +106,13 @@ enum Command {
         /// Longest draft of the report agent, in tokens.
         #[arg(long, default_value_t = spineagent::config::default_max_new_tokens())]
         max_new_tokens: usize,
+        /// The language model writes without grounded decoding (only the
+        /// verifier judges its drafts); for evaluating the model alone.
+        #[arg(long)]
+        unguided: bool,
+        /// Penalty on the logits of recently written tokens (1.0: none).
+        #[arg(long, default_value_t = spineagent::config::default_repeat_penalty())]
+        repeat_penalty: f32,
         /// Write analysis.json, triage.json, report.txt, the DICOM SR
         /// (sr.dcm) and SEG (seg.dcm) and key-image PNGs here.
         #[arg(long)]
@@ -508,6 +515,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             lm_adapter,
             report_budget,
             max_new_tokens,
+            unguided,
+            repeat_penalty,
             out,
         } => {
             let files = scu::collect_files(&paths).context("listing files")?;
@@ -526,6 +535,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     spineagent::analyze::chosen_adapter(lm_adapter, 1.0, &models.bundle),
                     report_budget,
                     max_new_tokens,
+                    !unguided,
+                    repeat_penalty,
                 )?)),
                 None => None,
             };
@@ -538,6 +549,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     &spineagent_engine::report::codes::Codes::builtin(),
                     agent.as_ref(),
                 )?;
+                if let Some(slices) = &analyzed.analysis.slice_embeddings {
+                    spineagent_engine::npy::write_f32(&dir.join("slice_embeddings.npy"), slices)
+                        .context("writing slice_embeddings.npy")?;
+                }
                 eprintln!(
                     "wrote {} (triage category {}: {})",
                     dir.display(),
@@ -669,6 +684,8 @@ fn report_stage(
                     spineagent::analyze::chosen_adapter(cfg.report_adapter(), cfg.report.adapter_scale, &loaded.bundle),
                     cfg.report.budget_seconds,
                     cfg.report.max_new_tokens,
+                    cfg.report.grounded_decoding,
+                    cfg.report.repeat_penalty,
                 )?,
             ))),
             None => None,

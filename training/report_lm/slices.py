@@ -1,21 +1,50 @@
 """Writes the slice embeddings the visual projector reads, per training
-study: the class token of every slice the models use (the routed features
-of train_agents.py: T1/T2 encoders, synthesizer for other sequences), as
-the engine collects them (engine/src/analysis/mod.rs, `slice_embeddings`).
+study, as the engine serves them: `spineagent analyze --out` writes every
+analyzed slice's class token (slice_embeddings.npy, the projector's input);
+this runs it on each lumbar training study of the phantom dataset. The
+projector is thereby trained on exactly what it sees in the product
+(same pixels, same encoders, same routing of sequences).
 
-usage: slices.py CACHE.pt AGENTS.pt.features OUT.pt  -> {study dir: float16 [slices, 128]}"""
-import sys
+usage: slices.py BINARY BUNDLE DATASET OUT.pt [--jobs 2]
+       -> {study dir: float16 [slices, width]}"""
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 
-cache_path, features_path, out = sys.argv[1:4]
-cache = torch.load(cache_path, weights_only=False)
-names = {split: [st["name"] for st in studies] for split, studies in cache.items()}
-del cache
-routed = torch.load(features_path, weights_only=False)["routed"]
-table = {}
-for split, studies in routed.items():
-    for name, items in zip(names[split], studies):
-        table[name] = torch.cat([it["cls"] for it in items]).half()
-torch.save(table, out)
-print(f"{len(table)} studies, {sum(len(v) for v in table.values())} slices -> {out}")
+ap = argparse.ArgumentParser()
+ap.add_argument("binary")
+ap.add_argument("bundle")
+ap.add_argument("dataset")
+ap.add_argument("out")
+ap.add_argument("--jobs", type=int, default=2)
+ap.add_argument("--split", default="train")
+args = ap.parse_args()
+
+manifest = json.load(open(os.path.join(args.dataset, "manifest.json")))
+studies = [s["dir"] for s in manifest["studies"] if s["split"] == args.split and s["region"] == "lumbar"]
+
+
+def embed(name, tmp):
+    out = os.path.join(tmp, name)
+    subprocess.run([args.binary, "analyze", "--bundle", args.bundle, "--threads", "1", "--out", out,
+                    os.path.join(args.dataset, name)], check=True, capture_output=True)
+    path = os.path.join(out, "slice_embeddings.npy")
+    if not os.path.exists(path):
+        raise SystemExit(f"{name}: no slice_embeddings.npy (does the bundle have a report_projector?)")
+    return name, torch.from_numpy(np.load(path)).half()
+
+
+with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.jobs) as pool:
+    table = {}
+    for i, (name, e) in enumerate(pool.map(lambda n: embed(n, tmp), studies)):
+        table[name] = e
+        if (i + 1) % 20 == 0:
+            print(f"{i + 1}/{len(studies)}", flush=True)
+torch.save(table, args.out)
+print(f"{len(table)} studies, {sum(len(v) for v in table.values())} slices -> {args.out}")

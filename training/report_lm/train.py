@@ -3,7 +3,7 @@ with --slices, its visual projector, on report pairs built from phantom
 truth; loss on the target tokens only.
 
 usage: train.py MINUTES OUT.safetensors [--resume ADAPTER.safetensors]
-                [--slices SLICES.pt --projector OUT_PROJECTOR.pt [--projector-resume P.pt]]
+                [--slices SLICES.pt --projector OUT_PROJECTOR.pt [--projector-resume P.pt|P.onnx]]
 
 Gradients are truncated to keep a step affordable on a 2-core CPU: the
 text prompt's keys and values are computed without gradient; the target
@@ -33,7 +33,27 @@ ap.add_argument("--slices", help="slices.py output: per study, its slice embeddi
 ap.add_argument("--projector", help="where to save the projector (torch state dict)")
 ap.add_argument("--projector-resume")
 ap.add_argument("--lr", type=float, default=2e-3)
+ap.add_argument("--seed", type=int, default=1, help="sampling order (another seed when continuing a run)")
 args = ap.parse_args()
+
+
+
+def load_projector(path, proj):
+    """A projector state dict from torch (.pt) or from the bundle's ONNX
+    export (its initializers keep the parameter names), so that training
+    can continue from a shipped bundle."""
+    if not path.endswith(".onnx"):
+        return torch.load(path)
+    import onnx
+    from onnx import numpy_helper
+    names = set(proj.state_dict())
+    found = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy())
+             for i in onnx.load(path).graph.initializer if i.name in names}
+    missing = names - set(found)
+    if missing:
+        raise SystemExit(f"{path}: no {sorted(missing)}")
+    return found
+
 
 torch.manual_seed(0)
 m = Llama(rank=8, alpha=16.0)
@@ -52,9 +72,9 @@ if args.slices:
     rms = float(m.embed.pow(2).mean(-1).sqrt().mean())
     proj = VisualProjector(dim=next(iter(slices.values())).shape[1], hidden=m.hidden, token_rms=rms)
     if args.projector_resume:
-        proj.load_state_dict(torch.load(args.projector_resume))
+        proj.load_state_dict(load_projector(args.projector_resume, proj))
     params += list(proj.parameters())
-rng = random.Random(1)
+rng = random.Random(args.seed)
 opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
 m.train()
 

@@ -227,6 +227,22 @@ pub struct Finding {
     pub severity_probability: f32,
 }
 
+impl Finding {
+    /// A finding given with certainty (crafted agent outputs: tests, and
+    /// checks of the report path without a model).
+    pub fn certain(condition: &str, level: &str, side: &str, severity: &str) -> Finding {
+        Finding {
+            condition: condition.into(),
+            level: level.into(),
+            probability: 1.0,
+            side: side.into(),
+            side_probability: 1.0,
+            severity: severity.into(),
+            severity_probability: 1.0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct GradedLevel {
     pub level: String,
@@ -261,6 +277,11 @@ pub struct StudyAnalysis {
     /// no projector.
     #[serde(skip)]
     pub visual_tokens: Option<ArrayF32>,
+    /// What the projector read: every analyzed slice's class token
+    /// [slices, width] (`spineagent analyze --out` writes it, so that the
+    /// projector is trained on the embeddings the engine serves).
+    #[serde(skip)]
+    pub slice_embeddings: Option<ArrayF32>,
     /// Wall time of the analysis (decode and preprocessing included when the
     /// caller measures them; see `spineagent analyze`).
     pub seconds: f64,
@@ -652,26 +673,28 @@ impl SpineModels {
             patient_embedding: patient[0].data.clone(),
             probabilities,
             structured_tokens: String::new(),
-            visual_tokens: self.visual_tokens(slice_embeddings, embedding_width)?,
+            visual_tokens: None,
+            slice_embeddings: None,
             seconds: 0.0,
         };
         analysis.structured_tokens = structured_tokens(&analysis);
+        if self.report_projector.is_some() && embedding_width > 0 && !slice_embeddings.is_empty() {
+            let slices = ArrayF32 {
+                shape: vec![slice_embeddings.len() / embedding_width, embedding_width],
+                data: slice_embeddings,
+            };
+            analysis.visual_tokens = self.visual_tokens(&slices)?;
+            analysis.slice_embeddings = Some(slices);
+        }
         Ok(analysis)
     }
 
     /// The projector over the study's slice embeddings [slices, width].
-    fn visual_tokens(&self, slices: Vec<f32>, width: usize) -> Result<Option<ArrayF32>, AnalysisError> {
+    fn visual_tokens(&self, slices: &ArrayF32) -> Result<Option<ArrayF32>, AnalysisError> {
         let Some(projector) = &self.report_projector else {
             return Ok(None);
         };
-        if width == 0 || slices.is_empty() {
-            return Ok(None);
-        }
-        let input = ArrayF32 {
-            shape: vec![slices.len() / width, width],
-            data: slices,
-        };
-        let out = projector.run(vec![input])?;
+        let out = projector.run(vec![slices.clone()])?;
         Ok(out.into_iter().next())
     }
 

@@ -111,6 +111,7 @@ mod tests {
             ],
             structured_tokens: String::new(),
             visual_tokens: None,
+            slice_embeddings: None,
             seconds: 0.0,
         };
         let t = structured_tokens(&a);

@@ -226,6 +226,21 @@ impl Llama {
         }
     }
 
+    /// Forgets the cached positions from `len` on (decoding steps back to
+    /// position `len`).
+    pub fn truncate_cache(&mut self, len: usize) -> Result<()> {
+        for b in &mut self.blocks {
+            b.cache = match b.cache.take() {
+                Some((k, v)) if len > 0 => {
+                    let keep = len.min(k.dim(2)?);
+                    Some((k.narrow(2, 0, keep)?, v.narrow(2, 0, keep)?))
+                }
+                _ => None,
+            };
+        }
+        Ok(())
+    }
+
     /// Runs embeddings [1, n, hidden] at positions `start..start + n` (the
     /// KV cache holds `0..start`); returns the last position's logits.
     pub fn forward_embeds(&mut self, x: &Tensor, start: usize) -> Result<Tensor> {

@@ -44,6 +44,10 @@ pub struct Generated {
     pub text: String,
     pub prompt_tokens: usize,
     pub new_tokens: usize,
+    /// Tokens decoded, counting those a guide took back.
+    pub decode_steps: usize,
+    /// Times a guide steered the decoding (tokens taken back, ends refused).
+    pub steered: usize,
     pub prefill_seconds: f64,
     pub decode_seconds: f64,
     /// Stopped by the deadline or the token limit rather than an end token.
@@ -51,9 +55,10 @@ pub struct Generated {
 }
 
 impl Generated {
+    /// Decoding speed (every decoded token, kept or taken back).
     pub fn tokens_per_second(&self) -> f64 {
         if self.decode_seconds > 0.0 {
-            self.new_tokens as f64 / self.decode_seconds
+            self.decode_steps as f64 / self.decode_seconds
         } else {
             0.0
         }
@@ -63,13 +68,19 @@ impl Generated {
 pub struct ReportLm {
     model: llama::Llama,
     tokenizer: tokenizer::GgufTokenizer,
+    /// Each token's text (built the first time a guide restricts a step).
+    pieces: Vec<String>,
     /// Name of the GGUF (recorded in the SR).
     pub name: String,
+    /// Penalty on the logits of the last `REPEAT_WINDOW` tokens (1.0: none).
+    pub repeat_penalty: f32,
 }
 
-/// Penalty on logits of recently generated tokens: small models loop
-/// without it.
-const REPEAT_PENALTY: f32 = 1.15;
+/// The default penalty on logits of recently generated tokens (1.0: none).
+/// A report repeats levels, digits and phrases by design ("L4-5", "No
+/// canal or foraminal narrowing"); a penalty pushes a fine-tuned model
+/// off them ("L-1", "LS3/4"), so it is off unless configured.
+pub const DEFAULT_REPEAT_PENALTY: f32 = 1.0;
 const REPEAT_WINDOW: usize = 64;
 
 impl ReportLm {
@@ -86,6 +97,8 @@ impl ReportLm {
         Ok(ReportLm {
             model,
             tokenizer,
+            pieces: Vec::new(),
+            repeat_penalty: DEFAULT_REPEAT_PENALTY,
             name: path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -112,12 +125,22 @@ impl ReportLm {
 
     /// Greedy generation (deterministic: the same input gives the same
     /// report) with a repetition penalty, until an end token, `max_new`
-    /// tokens or `deadline`. `on_token` sees the text as it grows.
+    /// tokens or `deadline`. `on_token` sees the text as it grows (and, when
+    /// a guide takes tokens back, the text is shorter the next time).
+    ///
+    /// With a [`Guide`], decoding is steered: when the guide rejects a
+    /// piece of the text, the token that wrote it is taken back (the KV
+    /// cache steps back with it), banned at that position, and the next
+    /// most likely token is written instead; when the guide says the text
+    /// may not end yet, the end token is banned there. At most
+    /// `MAX_STEERS` times per generation; after that the text is left as
+    /// the model writes it (and the verifier judges it).
     pub fn generate(
         &mut self,
         prompt: &[PromptPart],
         max_new: usize,
         deadline: Option<Instant>,
+        guide: Option<&dyn Guide>,
         mut on_token: impl FnMut(&str),
     ) -> Result<Generated, LmError> {
         let started = Instant::now();
@@ -140,36 +163,61 @@ impl ReportLm {
         }
         let input = Tensor::cat(&parts, 1)?;
         self.model.clear_cache();
-        let mut logits = self.model.forward_embeds(&input, 0)?;
+        let prompt_logits = self.model.forward_embeds(&input, 0)?;
+        let mut logits = prompt_logits.clone();
         let prefill_seconds = started.elapsed().as_secs_f64();
         let decode_started = Instant::now();
+        let mut state = Steering::default();
         let mut out: Vec<u32> = Vec::new();
+        // Length of the text after each token (to find the token that
+        // wrote a rejected byte).
+        let mut ends: Vec<usize> = Vec::new();
         let mut truncated = true;
         let mut text = String::new();
+        let mut decode_steps = 0usize;
         while out.len() < max_new {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
             let mut values: Vec<f32> = logits.to_vec1()?;
-            for &t in out.iter().rev().take(REPEAT_WINDOW) {
-                let v = &mut values[t as usize];
-                *v = if *v > 0.0 {
-                    *v / REPEAT_PENALTY
-                } else {
-                    *v * REPEAT_PENALTY
-                };
+            if self.repeat_penalty != 1.0 {
+                for &t in out.iter().rev().take(REPEAT_WINDOW) {
+                    let v = &mut values[t as usize];
+                    *v = if *v > 0.0 {
+                        *v / self.repeat_penalty
+                    } else {
+                        *v * self.repeat_penalty
+                    };
+                }
             }
-            let next = values
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map(|(i, _)| i as u32)
-                .unwrap_or(0);
+            for &t in state.banned_at(out.len()) {
+                values[t as usize] = f32::NEG_INFINITY;
+            }
+            let guiding = guide.filter(|_| state.steers < MAX_STEERS);
+            let next = match guiding.filter(|g| g.restricts(&text)) {
+                Some(g) => self.best_allowed(&values, |piece| g.allows(&text, piece))?,
+                None => argmax(&values),
+            };
             if self.tokenizer.stop_ids.contains(&next) {
-                truncated = false;
-                break;
+                match guiding.map(|g| g.check(&text, state.accepted, true)) {
+                    Some(Verdict::Continue) => {
+                        state.ban(out.len(), next);
+                        state.steers += 1;
+                        continue;
+                    }
+                    Some(Verdict::Reject(at)) => {
+                        self.step_back(&mut state, &mut out, &mut ends, &mut text, at, prompt_tokens)?;
+                        logits = self.logits_at(&out, prompt_tokens, &prompt_logits)?;
+                        continue;
+                    }
+                    _ => {
+                        truncated = false;
+                        break;
+                    }
+                }
             }
             out.push(next);
+            decode_steps += 1;
             let decoded = self
                 .tokenizer
                 .tokenizer
@@ -179,6 +227,18 @@ impl ReportLm {
                 on_token(&decoded[text.len()..]);
             }
             text = decoded;
+            ends.push(text.len());
+            if let Some(g) = guiding {
+                match g.check(&text, state.accepted, false) {
+                    Verdict::Reject(at) => {
+                        self.step_back(&mut state, &mut out, &mut ends, &mut text, at, prompt_tokens)?;
+                        logits = self.logits_at(&out, prompt_tokens, &prompt_logits)?;
+                        continue;
+                    }
+                    Verdict::Accept(upto) => state.accepted = upto,
+                    Verdict::Continue => {}
+                }
+            }
             let pos = prompt_tokens + out.len() - 1;
             logits = self.model.forward_embeds(&self.model.embed(&[next])?, pos)?;
         }
@@ -186,10 +246,137 @@ impl ReportLm {
             text: text.trim().to_string(),
             prompt_tokens,
             new_tokens: out.len(),
+            decode_steps,
+            steered: state.steers,
             prefill_seconds,
             decode_seconds: decode_started.elapsed().as_secs_f64(),
             truncated,
         })
+    }
+
+    /// The most likely token whose text `allowed` takes (among the
+    /// `RESTRICTED_CANDIDATES` most likely; the most likely if none is).
+    fn best_allowed(&mut self, values: &[f32], allowed: impl Fn(&str) -> bool) -> Result<u32, LmError> {
+        if self.pieces.is_empty() {
+            let vocab = self.tokenizer.tokenizer.get_vocab_size(true) as u32;
+            self.pieces = (0..vocab)
+                .map(|id| self.tokenizer.tokenizer.decode(&[id], false).unwrap_or_default())
+                .collect();
+        }
+        let mut ranked: Vec<u32> = (0..values.len() as u32).collect();
+        let k = RESTRICTED_CANDIDATES.min(ranked.len());
+        if k < ranked.len() {
+            ranked.select_nth_unstable_by(k, |a, b| values[*b as usize].total_cmp(&values[*a as usize]));
+            ranked.truncate(k);
+        }
+        ranked.sort_by(|a, b| values[*b as usize].total_cmp(&values[*a as usize]));
+        Ok(ranked
+            .into_iter()
+            .filter(|&id| values[id as usize].is_finite())
+            .find(|&id| self.pieces.get(id as usize).is_some_and(|p| allowed(p)))
+            .unwrap_or_else(|| argmax(values)))
+    }
+
+    /// Takes back the token that wrote byte `at` of the text and every
+    /// token after it, and bans it at its position.
+    fn step_back(
+        &mut self,
+        state: &mut Steering,
+        out: &mut Vec<u32>,
+        ends: &mut Vec<usize>,
+        text: &mut String,
+        at: usize,
+        prompt_tokens: usize,
+    ) -> Result<(), LmError> {
+        let i = ends.iter().position(|&e| e > at).unwrap_or(out.len().saturating_sub(1));
+        let Some(&bad) = out.get(i) else {
+            return Ok(());
+        };
+        out.truncate(i);
+        ends.truncate(i);
+        text.truncate(ends.last().copied().unwrap_or(0));
+        state.accepted = state.accepted.min(text.len());
+        state.ban(i, bad);
+        state.steers += 1;
+        self.model.truncate_cache(prompt_tokens + i.saturating_sub(1))?;
+        Ok(())
+    }
+
+    /// The logits for the position after `out` (the cache holds everything
+    /// before `out`'s last token).
+    fn logits_at(&mut self, out: &[u32], prompt_tokens: usize, prompt_logits: &Tensor) -> Result<Tensor, LmError> {
+        match out.last() {
+            None => {
+                self.model.truncate_cache(prompt_tokens)?;
+                Ok(prompt_logits.clone())
+            }
+            Some(&last) => Ok(self
+                .model
+                .forward_embeds(&self.model.embed(&[last])?, prompt_tokens + out.len() - 1)?),
+        }
+    }
+}
+
+fn argmax(values: &[f32]) -> u32 {
+    values
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i as u32)
+        .unwrap_or(0)
+}
+
+/// Most tokens a guide may take back (or end tokens it may refuse) in one
+/// generation: each costs a decoding step or more.
+pub const MAX_STEERS: usize = 64;
+
+/// What a [`Guide`] says of the text so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Fine; the text up to this byte offset is settled (need not be
+    /// looked at again).
+    Accept(usize),
+    /// The token that wrote this byte offset must be taken back.
+    Reject(usize),
+    /// (At an end token) the text may not end here.
+    Continue,
+}
+
+/// Steers generation: looks at the text as it grows. `accepted`: the bytes
+/// it settled before; `at_end`: the model wants to stop here.
+pub trait Guide {
+    fn check(&self, text: &str, accepted: usize, at_end: bool) -> Verdict;
+    /// Whether the next token is restricted after `text` (then the most
+    /// likely token whose text `allows` takes is written).
+    fn restricts(&self, _text: &str) -> bool {
+        false
+    }
+    fn allows(&self, _text: &str, _piece: &str) -> bool {
+        true
+    }
+}
+
+/// How far down the ranking a restricted step looks for an allowed token.
+const RESTRICTED_CANDIDATES: usize = 256;
+
+/// Tokens banned per position, and how often decoding was steered.
+#[derive(Default)]
+struct Steering {
+    bans: HashMap<usize, Vec<u32>>,
+    steers: usize,
+    accepted: usize,
+}
+
+impl Steering {
+    fn banned_at(&self, position: usize) -> &[u32] {
+        self.bans.get(&position).map(|v| v.as_slice()).unwrap_or(&[])
+    }
+
+    /// Bans `token` at `position`; bans further on belonged to text that
+    /// is gone.
+    fn ban(&mut self, position: usize, token: u32) {
+        self.bans.retain(|&p, _| p <= position);
+        self.bans.entry(position).or_default().push(token);
     }
 }
 

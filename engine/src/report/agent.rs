@@ -4,15 +4,19 @@
 //! again with the discrepancies stated; if that fails too, or the time
 //! budget runs out, the deterministic composer's text is used. Whatever is
 //! used, the outcome says which text it is and why (the SR records it).
+//! With `guided` on, the model writes under grounded decoding
+//! (`report::grounding`): the verifier's reading steers each clause as it
+//! is written, and the finished draft is verified all the same.
 
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 
 use crate::analysis::StudyAnalysis;
-use crate::lm::{Generated, ReportLm, prompt};
+use crate::lm::{Generated, Guide, ReportLm, prompt};
 
 use super::compose::Report;
+use super::grounding::Grounding;
 use super::verify::{Discrepancy, verify};
 
 /// Who wrote the report text.
@@ -30,6 +34,8 @@ pub struct Draft {
     pub discrepancies: Vec<String>,
     pub new_tokens: usize,
     pub prompt_tokens: usize,
+    /// Times grounded decoding took a token back or refused an end.
+    pub steered: usize,
     pub seconds: f64,
     /// Of `seconds`, reading the prompt (prefill).
     pub prefill_seconds: f64,
@@ -69,6 +75,9 @@ pub struct ReportAgent {
     pub max_new_tokens: usize,
     /// Drafts written before falling back (the first and one correction).
     pub attempts: usize,
+    /// Grounded decoding (`report::grounding`) on; off, the model writes
+    /// unsteered and only the verifier judges.
+    pub guided: bool,
 }
 
 /// Splits a model text into its FINDINGS and IMPRESSION sections.
@@ -132,10 +141,19 @@ impl ReportAgent {
                 correction.as_deref(),
             );
             let t = Instant::now();
-            let generated: Generated = match self.lm.generate(&parts, self.max_new_tokens, Some(deadline), |_| {}) {
-                Ok(g) => g,
-                Err(e) => return fallback(format!("language model failed: {e}"), drafts),
+            let grounding = Grounding {
+                findings: &analysis.findings,
+                levels: &analysis.levels_covered,
             };
+            let guide: Option<&dyn Guide> = if self.guided { Some(&grounding) } else { None };
+            let generated: Generated =
+                match self
+                    .lm
+                    .generate(&parts, self.max_new_tokens, Some(deadline), guide, |_| {})
+                {
+                    Ok(g) => g,
+                    Err(e) => return fallback(format!("language model failed: {e}"), drafts),
+                };
             let mut found: Vec<Discrepancy> = verify(&generated.text, &analysis.findings);
             if generated.truncated && found.is_empty() {
                 found.push(Discrepancy::Structure("end of the report (generation was cut off)"));
@@ -146,6 +164,7 @@ impl ReportAgent {
                 discrepancies: described.clone(),
                 new_tokens: generated.new_tokens,
                 prompt_tokens: generated.prompt_tokens,
+                steered: generated.steered,
                 seconds: t.elapsed().as_secs_f64(),
                 prefill_seconds: generated.prefill_seconds,
                 tokens_per_second: generated.tokens_per_second(),
@@ -161,7 +180,13 @@ impl ReportAgent {
                         category: composed.category,
                     },
                     source: TextSource::LanguageModel,
-                    reason: format!("verified, draft {}", drafts.len()),
+                    reason: match (self.guided, drafts.last().map_or(0, |d| d.steered)) {
+                        (true, steered) => format!(
+                            "verified, draft {}, grounded decoding steered {steered} time(s)",
+                            drafts.len()
+                        ),
+                        (false, _) => format!("verified, draft {}", drafts.len()),
+                    },
                     drafts,
                     visual_tokens,
                     visual_note: visual_note.clone(),
@@ -201,6 +226,7 @@ mod tests {
             probabilities: vec![],
             structured_tokens: String::new(),
             visual_tokens: tokens,
+            slice_embeddings: None,
             seconds: 0.0,
         }
     }

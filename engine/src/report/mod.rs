@@ -5,6 +5,7 @@ pub mod agent;
 pub mod codes;
 pub mod compose;
 mod elements;
+pub mod grounding;
 pub mod seg;
 pub mod sr;
 pub mod triage;

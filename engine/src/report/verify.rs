@@ -37,6 +37,9 @@ pub enum Discrepancy {
     Missing { condition: String, level: String },
     /// The text lacks the FINDINGS or IMPRESSION section.
     Structure(&'static str),
+    /// The text denies a finding the agents reported ("no foraminal
+    /// narrowing at any level" with one at L4-L5).
+    Denied { condition: String, level: String },
 }
 
 impl fmt::Display for Discrepancy {
@@ -66,6 +69,14 @@ impl fmt::Display for Discrepancy {
                 write!(f, "{} at {} is missing", name(condition), level)
             }
             Discrepancy::Structure(what) => write!(f, "the {what} section is missing"),
+            Discrepancy::Denied { condition, level } => {
+                write!(
+                    f,
+                    "{} at {} is among the findings, it may not be denied",
+                    name(condition),
+                    level
+                )
+            }
         }
     }
 }
@@ -80,6 +91,7 @@ const LEXICON: &[(&str, &[&str])] = &[
             "spinal stenosis",
             "central stenosis",
             "canal narrowing",
+            "canal or foraminal",
         ],
     ),
     ("foraminal_stenosis", &["foraminal", "foramina "]),
@@ -132,14 +144,107 @@ const NEGATIONS: &[&str] = &[
     "absent",
 ];
 
-fn negated(clause: &str) -> bool {
-    let c = format!(" {clause}");
-    NEGATIONS.iter().any(|n| c.contains(&format!(" {n}")))
+pub(crate) fn negated(clause: &str) -> bool {
+    negation_at(clause).is_some()
+}
+
+/// Where a clause's negation begins (byte offset), if it negates.
+fn negation_at(lower: &str) -> Option<usize> {
+    let c = format!(" {lower}");
+    NEGATIONS.iter().filter_map(|n| c.find(&format!(" {n}"))).min()
+}
+
+/// What a negating clause denies: (condition, level; None = every level),
+/// and where its negation begins. "Other levels: no ..." denies nothing a
+/// checker can place, so it denies nothing.
+pub(crate) fn denied_in_clause(clause: &str) -> Vec<(&'static str, Option<String>, usize)> {
+    let lower = clause.to_ascii_lowercase();
+    let mut out: Vec<(&'static str, Option<String>, usize)> = SECTION_NORMALS
+        .iter()
+        .filter_map(|(phrase, conditions)| lower.find(phrase).map(|at| (conditions, at)))
+        .flat_map(|(conditions, at)| conditions.iter().map(move |c| (*c, None, at)))
+        .collect();
+    let Some(at) = negation_at(&lower) else {
+        return out;
+    };
+    if lower.contains("other") {
+        return out;
+    }
+    let levels: Vec<Option<String>> = match level_mentions(clause) {
+        m if m.is_empty() => vec![None],
+        m => m.into_iter().map(|m| Some(m.level)).collect(),
+    };
+    out.extend(
+        conditions_named(&lower)
+            .into_iter()
+            .flat_map(|c| levels.iter().map(move |l| (c, l.clone(), at))),
+    );
+    out
+}
+
+/// A section's normal sentence (as the composer writes it when the section
+/// has no finding) denies the section's conditions at every level.
+const SECTION_NORMALS: &[(&str, &[&str])] = &[
+    ("normal alignment", &["spondylolisthesis", "pars_defect"]),
+    ("normal marrow signal", &["marrow_edema", "marrow_lesion", "hemangioma"]),
+    ("body heights maintained", &["compression_fracture"]),
+    (
+        "disc heights and signal are preserved",
+        &["disc_degeneration", "disc_height_loss", "inflammation"],
+    ),
+    ("cord and cauda equina are normal", &["cord_compression", "cord_signal"]),
+];
+
+/// The agents' finding a denial contradicts, if any.
+pub(crate) fn contradicted<'f>(findings: &'f [Finding], condition: &str, level: Option<&str>) -> Option<&'f Finding> {
+    findings
+        .iter()
+        .find(|f| f.condition == condition && level.is_none_or(|l| l == f.level))
+}
+
+/// The conditions a (lower-case) clause names.
+pub(crate) fn conditions_named(lower: &str) -> Vec<&'static str> {
+    LEXICON
+        .iter()
+        .filter(|(_, phrases)| phrases.iter().any(|p| lower.contains(p)))
+        .map(|(c, _)| *c)
+        .collect()
+}
+
+/// A level named in a clause, normalized ("L4-L5" / "L2"), with the byte
+/// range of its mention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Mention {
+    pub level: String,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// What follows "T1"/"T2" when it names an MR weighting, not a vertebra
+/// ("abnormal T2 signal in the cord at L1" states one level, L1).
+const WEIGHTING_WORDS: &[&str] = &[
+    "signal",
+    "weighted",
+    "-weighted",
+    "hyper",
+    "hypo",
+    "image",
+    "sequence",
+    "stir",
+];
+
+fn is_weighting(clause: &str, region: char, n: u32, end: usize) -> bool {
+    region == 'T'
+        && (n == 1 || n == 2)
+        && clause
+            .get(end..)
+            .map(|rest| rest.trim_start().to_ascii_lowercase())
+            .is_some_and(|rest| WEIGHTING_WORDS.iter().any(|w| rest.starts_with(w)))
 }
 
 /// Levels named in a clause: "L4-5", "L4-L5", "L4/5", "L5-S1" (discs) and
 /// "L2" (vertebrae), normalized to "L4-L5" / "L2".
-fn levels(clause: &str) -> Vec<String> {
+fn level_mentions(clause: &str) -> Vec<Mention> {
     let b = clause.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -164,6 +269,7 @@ fn levels(clause: &str) -> Vec<String> {
             continue;
         };
         let mut level = format!("{region}{n}");
+        let single = j;
         if j < b.len() && matches!(b[j], b'-' | b'/') {
             let k = j + 1;
             if let Some((r2, n2, end)) = vertebra(k) {
@@ -180,12 +286,73 @@ fn levels(clause: &str) -> Vec<String> {
                 }
             }
         }
-        if j < b.len() && b[j].is_ascii_alphanumeric() {
+        if j < b.len() && b[j].is_ascii_alphanumeric() || j == single && is_weighting(clause, region, n, j) {
             i = j;
             continue;
         }
-        out.push(level);
+        out.push(Mention {
+            level,
+            start: i,
+            end: j,
+        });
         i = j;
+    }
+    out
+}
+
+#[cfg(test)]
+fn levels(clause: &str) -> Vec<String> {
+    level_mentions(clause).into_iter().map(|m| m.level).collect()
+}
+
+/// Where in a clause (byte offsets) a stated finding's words are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Spans {
+    pub condition: usize,
+    pub level: Mention,
+    pub side: Option<usize>,
+    pub severity: Option<usize>,
+}
+
+/// The findings one clause states, with where their words are.
+pub(crate) fn stated_in_clause(clause: &str) -> Vec<(Stated, Spans)> {
+    let lower = clause.to_ascii_lowercase();
+    if lower.trim().is_empty() || negated(&lower) {
+        return Vec::new();
+    }
+    let conditions: Vec<(&'static str, usize)> = LEXICON
+        .iter()
+        .filter_map(|(c, phrases)| phrases.iter().filter_map(|p| lower.find(p)).min().map(|at| (*c, at)))
+        .collect();
+    if conditions.is_empty() {
+        return Vec::new();
+    }
+    let (left, right) = (lower.find("left"), lower.find("right"));
+    let (side, side_at) = match (left, right) {
+        (Some(at), None) => (Some("left"), Some(at)),
+        (None, Some(at)) => (Some("right"), Some(at)),
+        _ => (None, None),
+    };
+    let severity = ["severe", "moderate", "mild"]
+        .into_iter()
+        .find_map(|s| lower.find(s).map(|at| (s, at)));
+    let mut out = Vec::new();
+    for mention in level_mentions(clause) {
+        for &(condition, at) in &conditions {
+            let stated = Stated {
+                condition,
+                level: mention.level.clone(),
+                side,
+                severity: severity.map(|s| s.0),
+            };
+            let spans = Spans {
+                condition: at,
+                level: mention.clone(),
+                side: side_at,
+                severity: severity.map(|s| s.1),
+            };
+            out.push((stated, spans));
+        }
     }
     out
 }
@@ -193,43 +360,18 @@ fn levels(clause: &str) -> Vec<String> {
 /// Every finding the text states.
 pub fn stated_findings(text: &str) -> Vec<Stated> {
     let mut out: Vec<Stated> = Vec::new();
-    for clause in text.split(['.', ';', '\n']) {
-        let lower = clause.to_lowercase();
-        if lower.trim().is_empty() || negated(&lower) {
-            continue;
-        }
-        let conditions: Vec<&'static str> = LEXICON
-            .iter()
-            .filter(|(_, phrases)| phrases.iter().any(|p| lower.contains(p)))
-            .map(|(c, _)| *c)
-            .collect();
-        if conditions.is_empty() {
-            continue;
-        }
-        let side = if lower.contains("left") && !lower.contains("right") {
-            Some("left")
-        } else if lower.contains("right") && !lower.contains("left") {
-            Some("right")
-        } else {
-            None
-        };
-        let severity = ["severe", "moderate", "mild"].into_iter().find(|s| lower.contains(s));
-        for level in levels(clause) {
-            for &condition in &conditions {
-                let s = Stated {
-                    condition,
-                    level: level.clone(),
-                    side,
-                    severity,
-                };
-                if !out.contains(&s) {
-                    out.push(s);
-                }
+    for clause in text.split(CLAUSE_ENDS) {
+        for (s, _) in stated_in_clause(clause) {
+            if !out.contains(&s) {
+                out.push(s);
             }
         }
     }
     out
 }
+
+/// Where clauses end.
+pub(crate) const CLAUSE_ENDS: [char; 3] = ['.', ';', '\n'];
 
 fn agent_side(f: &Finding) -> &str {
     match f.side.as_str() {
@@ -239,7 +381,7 @@ fn agent_side(f: &Finding) -> &str {
 }
 
 /// Conditions whose severity the agents grade (others are reported without one).
-fn graded(condition: &str) -> bool {
+pub(crate) fn graded(condition: &str) -> bool {
     matches!(
         condition,
         "canal_stenosis"
@@ -289,6 +431,19 @@ pub fn verify(text: &str, findings: &[Finding]) -> Vec<Discrepancy> {
             });
         }
     }
+    for clause in text.split(CLAUSE_ENDS) {
+        for (condition, level, _) in denied_in_clause(clause) {
+            if let Some(f) = contradicted(findings, condition, level.as_deref()) {
+                let d = Discrepancy::Denied {
+                    condition: f.condition.clone(),
+                    level: f.level.clone(),
+                };
+                if !out.contains(&d) {
+                    out.push(d);
+                }
+            }
+        }
+    }
     for f in findings {
         if !stated.iter().any(|s| s.condition == f.condition && s.level == f.level) {
             out.push(Discrepancy::Missing {
@@ -306,24 +461,12 @@ mod tests {
     use crate::analysis::StudyAnalysis;
     use crate::report::{Triage, compose};
 
-    fn finding(condition: &str, level: &str, side: &str, severity: &str) -> Finding {
-        Finding {
-            condition: condition.into(),
-            level: level.into(),
-            probability: 0.9,
-            side: side.into(),
-            side_probability: 0.9,
-            severity: severity.into(),
-            severity_probability: 0.9,
-        }
-    }
-
     fn agents() -> Vec<Finding> {
         vec![
-            finding("herniation", "L4-L5", "left", "severe"),
-            finding("canal_stenosis", "L4-L5", "both_or_central", "moderate"),
-            finding("hemangioma", "L2", "both_or_central", "moderate"),
-            finding("foraminal_stenosis", "L5-S1", "right", "severe"),
+            Finding::certain("herniation", "L4-L5", "left", "severe"),
+            Finding::certain("canal_stenosis", "L4-L5", "both_or_central", "moderate"),
+            Finding::certain("hemangioma", "L2", "both_or_central", "moderate"),
+            Finding::certain("foraminal_stenosis", "L5-S1", "right", "severe"),
         ]
     }
 
@@ -332,7 +475,9 @@ mod tests {
         assert_eq!(levels("at L4-5 and L5-S1"), vec!["L4-L5", "L5-S1"]);
         assert_eq!(levels("L4/5, L4-L5, C6-7"), vec!["L4-L5", "L4-L5", "C6-C7"]);
         assert_eq!(levels("in the L2 vertebral body"), vec!["L2"]);
-        assert!(levels("LEFT and T2 SIGNAL").contains(&"T2".to_string()));
+        assert!(levels("LEFT and T2 SIGNAL").is_empty(), "a weighting, not a vertebra");
+        assert_eq!(levels("abnormal T2 signal in the cord at T2"), vec!["T2"]);
+        assert_eq!(levels("T1-weighted images, T1 and T2 vertebrae"), vec!["T1", "T2"]);
         assert!(levels("lumbar spine").is_empty());
     }
 
@@ -350,6 +495,7 @@ mod tests {
             probabilities: vec![],
             structured_tokens: String::new(),
             visual_tokens: None,
+            slice_embeddings: None,
             seconds: 0.0,
         };
         let text = compose(&a, &Triage::builtin(), "lumbar").text();
@@ -390,6 +536,56 @@ mod tests {
         );
         let no_sections = good.replace("FINDINGS:", "").replace("IMPRESSION:", "");
         assert_eq!(verify(&no_sections, &agents()).len(), 2);
+    }
+
+    #[test]
+    fn the_cord_signal_sentence_states_its_level_only() {
+        let cord = vec![Finding::certain("cord_signal", "L1", "both_or_central", "")];
+        assert_eq!(
+            verify(
+                "FINDINGS: Abnormal T2 signal in the spinal cord at L1.\nIMPRESSION: 1.",
+                &cord
+            ),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn denying_a_finding_the_agents_report_is_caught() {
+        let good = "FINDINGS: Severe left paracentral disc herniation at L4-5. Moderate spinal canal stenosis at L4-5. \
+                    Vertebral hemangioma in L2. Severe right neural foraminal narrowing at L5-S1.\n\
+                    IMPRESSION: 1. Severe left disc herniation at L4-5.";
+        let denied = format!("{good}\nNo canal or foraminal narrowing at any level.");
+        let found = verify(&denied, &agents());
+        assert!(found.contains(&Discrepancy::Denied {
+            condition: "foraminal_stenosis".into(),
+            level: "L5-S1".into()
+        }));
+        assert!(found.contains(&Discrepancy::Denied {
+            condition: "canal_stenosis".into(),
+            level: "L4-L5".into()
+        }));
+        let at_a_level = format!("{good}\nL4-5: no foraminal narrowing. L3-4: no foraminal narrowing.");
+        assert_eq!(
+            verify(&at_a_level, &agents()),
+            vec![],
+            "no foraminal finding at L4-L5 or L3-L4"
+        );
+        let at_its_level = format!("{good}\nNo disc herniation at L4-5.");
+        assert_eq!(verify(&at_its_level, &agents()).len(), 1);
+        let others = format!("{good}\nOther levels: no canal or foraminal narrowing.");
+        assert_eq!(verify(&others, &agents()), vec![]);
+        let normal_marrow = format!("{good}\nMARROW: Normal marrow signal; vertebral body heights maintained.");
+        assert_eq!(
+            verify(&normal_marrow, &agents()),
+            vec![Discrepancy::Denied {
+                condition: "hemangioma".into(),
+                level: "L2".into()
+            }],
+            "the section's normal sentence with a hemangioma in it"
+        );
+        let normal_discs = format!("{good}\nDISCS: Disc heights and signal are preserved.");
+        assert_eq!(verify(&normal_discs, &agents()), vec![], "no disc finding");
     }
 
     #[test]

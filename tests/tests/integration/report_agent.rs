@@ -151,3 +151,57 @@ fn the_daemon_writes_reports_through_the_agent_when_configured() {
     });
     check_agent_outputs(&dir);
 }
+
+/// Grounded decoding with the real model: whatever SmolLM2 writes for a
+/// crafted set of agent findings, no clause of the text states a finding
+/// outside them or denies one of them (the guide takes such tokens back as
+/// they are written), as long as the guide had steers left.
+#[test]
+fn grounded_decoding_keeps_the_models_text_within_the_agents_findings() {
+    use spineagent_engine::analysis::Finding;
+    use spineagent_engine::lm::{Guide, MAX_STEERS, ReportLm, prompt};
+    use spineagent_engine::report::grounding::Grounding;
+    use spineagent_engine::report::verify::{Discrepancy, stated_findings, verify};
+
+    let findings = vec![
+        Finding::certain("herniation", "L4-L5", "left", "severe"),
+        Finding::certain("foraminal_stenosis", "L5-S1", "right", "moderate"),
+    ];
+    let levels: Vec<String> = ["L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"].map(String::from).to_vec();
+    let tokens = "<classification>{\"Disc Herniation\": 1, \"Neural Foraminal Stenosis\": 1}</classification>\n\
+                  <localization>L4-L5 Disc Herniation left severe (p=0.90); \
+                  L5-S1 Neural Foraminal Stenosis right moderate (p=0.80)</localization>\n\
+                  <similar_case_report>FINDINGS:\nDISCS: Mild loss of disc height at L2-3.\n\
+                  IMPRESSION:\n1. Mild loss of disc height at L2-3.</similar_case_report>";
+    let adapter = root().join("models/spinefm-tiny/report_adapter.safetensors");
+    let loras = spineagent_engine::lm::load_loras(&adapter, 1.0).unwrap();
+    let mut lm = ReportLm::load(&language_model(), &loras).unwrap();
+    let grounding = Grounding {
+        findings: &findings,
+        levels: &levels,
+    };
+    let guide: &dyn Guide = &grounding;
+    let parts = prompt::build("lumbar", tokens, None, None);
+    let generated = lm.generate(&parts, 160, None, Some(guide), |_| {}).unwrap();
+    let text = &generated.text;
+    assert!(generated.new_tokens > 0);
+    if generated.steered >= MAX_STEERS {
+        eprintln!("SKIPPED the grounding check: the guide spent its {MAX_STEERS} steers:\n{text}");
+        return;
+    }
+    for s in stated_findings(text) {
+        assert!(
+            findings
+                .iter()
+                .any(|f| f.condition == s.condition && f.level == s.level),
+            "{s:?} stated under grounded decoding ({} steers):\n{text}",
+            generated.steered
+        );
+    }
+    for d in verify(text, &findings) {
+        assert!(
+            matches!(d, Discrepancy::Missing { .. } | Discrepancy::Structure(_)),
+            "{d} under grounded decoding:\n{text}"
+        );
+    }
+}
