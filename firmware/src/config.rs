@@ -171,8 +171,8 @@ fn default_adapter_scale() -> f64 {
     1.0
 }
 
-fn default_report_budget() -> f64 {
-    60.0
+pub fn default_report_budget() -> f64 {
+    120.0
 }
 
 pub fn default_max_new_tokens() -> usize {

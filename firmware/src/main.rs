@@ -101,7 +101,7 @@ enum Command {
         #[arg(long)]
         lm_adapter: Option<PathBuf>,
         /// Seconds the report agent may take (all drafts).
-        #[arg(long, default_value_t = 60.0)]
+        #[arg(long, default_value_t = spineagent::config::default_report_budget())]
         report_budget: f64,
         /// Longest draft of the report agent, in tokens.
         #[arg(long, default_value_t = spineagent::config::default_max_new_tokens())]

@@ -9,7 +9,10 @@
 //!   character of the level that no level of that condition has ("L3-4"
 //!   where the agents have L4-L5: the "3"), or the condition's words when
 //!   the agents report that condition nowhere;
-//! - a side or severity other than the agents': that word;
+//! - a side or severity other than the agents': that word; a graded
+//!   finding without its grade: the clause's first word;
+//! - a condition the agents report nowhere, named without a level the
+//!   check can read ("... of the LN2-3 disc"): its words;
 //! - a section heading written twice, or a FINDINGS heading after the
 //!   IMPRESSION: the heading;
 //! - after the IMPRESSION heading, a line that does not open a numbered
@@ -36,7 +39,7 @@ use crate::lm::{Guide, Verdict};
 use super::compose::short_level;
 use super::verify::{
     CLAUSE_ENDS, Discrepancy, conditions_named, contradicted, denied_in_clause, graded, negated, stated_findings,
-    stated_in_clause, verify,
+    stated_in_clause, unplaced_in_clause, verify,
 };
 
 /// Headings of the report template (both regions), as the model writes them.
@@ -76,6 +79,11 @@ impl Grounding<'_> {
                     return Some(at.min(clause.len()));
                 }
             }
+            for (condition, at) in unplaced_in_clause(clause) {
+                if !self.findings.iter().any(|f| f.condition == condition) {
+                    return Some(at);
+                }
+            }
         }
         for (stated, spans) in stated_in_clause(clause) {
             if partial && !mention_complete(clause, spans.level.end) {
@@ -110,6 +118,11 @@ impl Grounding<'_> {
                 && !here.iter().any(|f| f.severity == sev)
             {
                 return Some(at);
+            }
+            if stated.severity.is_none() && graded(stated.condition) && !partial && !here[0].severity.is_empty() {
+                // The grade goes before the condition's words: write the
+                // clause's opening again.
+                return clause.find(|c: char| c.is_ascii_alphabetic());
             }
         }
         None
@@ -439,6 +452,14 @@ mod tests {
     }
 
     #[test]
+    fn grades_are_required_and_unreadable_levels_do_not_dodge_the_check() {
+        let text = "FINDINGS:\nMenacing left paracentral disc herniation at L4-5.";
+        assert_eq!(check(text, false), Verdict::Reject(text.find("Menacing").unwrap()));
+        let text = "FINDINGS:\nDISCS: Severe degenerative signal loss of the LN2-3 disc.";
+        assert_eq!(check(text, false), Verdict::Reject(text.find("degenerative").unwrap()));
+    }
+
+    #[test]
     fn impression_items_are_numbered() {
         let text = "FINDINGS:\nCORD: Normal.\nIMPRESSION:\n1. Vertebral hemangioma in L2.\nSEXARITY";
         assert_eq!(check(text, false), Verdict::Reject(text.rfind("SEX").unwrap()));
@@ -455,7 +476,7 @@ mod tests {
     #[test]
     fn the_text_may_end_only_when_every_finding_is_stated() {
         let partial =
-            "FINDINGS:\nSevere left paracentral disc herniation at L4-5.\nIMPRESSION:\n1. Herniation at L4-5.";
+            "FINDINGS:\nSevere left paracentral disc herniation at L4-5.\nIMPRESSION:\n1. Severe herniation at L4-5.";
         assert_eq!(check(partial, true), Verdict::Continue, "the hemangioma is missing");
         let full = format!("{partial}\n2. Vertebral hemangioma in L2.");
         assert_eq!(check(&full, true), Verdict::Accept(full.len()));

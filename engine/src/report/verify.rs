@@ -57,14 +57,23 @@ impl fmt::Display for Discrepancy {
                 agents,
                 stated.side.unwrap_or("?")
             ),
-            Discrepancy::WrongSeverity { stated, agents } => write!(
-                f,
-                "{} at {} is {}, not {}",
-                name(stated.condition),
-                stated.level,
-                agents,
-                stated.severity.unwrap_or("?")
-            ),
+            Discrepancy::WrongSeverity { stated, agents } => match stated.severity {
+                Some(said) => write!(
+                    f,
+                    "{} at {} is {}, not {}",
+                    name(stated.condition),
+                    stated.level,
+                    agents,
+                    said
+                ),
+                None => write!(
+                    f,
+                    "{} at {} is {}: say so",
+                    name(stated.condition),
+                    stated.level,
+                    agents
+                ),
+            },
             Discrepancy::Missing { condition, level } => {
                 write!(f, "{} at {} is missing", name(condition), level)
             }
@@ -357,6 +366,24 @@ pub(crate) fn stated_in_clause(clause: &str) -> Vec<(Stated, Spans)> {
     out
 }
 
+/// What a finding stated without a level it can be placed at is reported as.
+pub const UNNAMED_LEVEL: &str = "an unnamed level";
+
+/// The conditions an affirming clause names without any level it can be
+/// placed at ("degenerative signal loss of the LN2-3 disc"), with where
+/// their words are: supported only if the agents report the condition
+/// somewhere.
+pub(crate) fn unplaced_in_clause(clause: &str) -> Vec<(&'static str, usize)> {
+    let lower = clause.to_ascii_lowercase();
+    if lower.trim().is_empty() || negated(&lower) || !level_mentions(clause).is_empty() {
+        return Vec::new();
+    }
+    LEXICON
+        .iter()
+        .filter_map(|(c, phrases)| phrases.iter().filter_map(|p| lower.find(p)).min().map(|at| (*c, at)))
+        .collect()
+}
+
 /// Every finding the text states.
 pub fn stated_findings(text: &str) -> Vec<Stated> {
     let mut out: Vec<Stated> = Vec::new();
@@ -421,10 +448,12 @@ pub fn verify(text: &str, findings: &[Finding]) -> Vec<Discrepancy> {
                 agents: agent_side(here[0]).to_string(),
             });
         }
-        if let Some(sev) = s.severity
-            && graded(s.condition)
-            && !here.iter().any(|f| f.severity == sev)
-        {
+        let wrong_severity = match s.severity {
+            Some(sev) => !here.iter().any(|f| f.severity == sev),
+            // The agents grade it; a statement without the grade loses it.
+            None => !here[0].severity.is_empty(),
+        };
+        if graded(s.condition) && wrong_severity {
             out.push(Discrepancy::WrongSeverity {
                 stated: s.clone(),
                 agents: here[0].severity.clone(),
@@ -432,6 +461,19 @@ pub fn verify(text: &str, findings: &[Finding]) -> Vec<Discrepancy> {
         }
     }
     for clause in text.split(CLAUSE_ENDS) {
+        for (condition, _) in unplaced_in_clause(clause) {
+            if !findings.iter().any(|f| f.condition == condition) {
+                let d = Discrepancy::Unsupported(Stated {
+                    condition,
+                    level: UNNAMED_LEVEL.into(),
+                    side: None,
+                    severity: None,
+                });
+                if !out.contains(&d) {
+                    out.push(d);
+                }
+            }
+        }
         for (condition, level, _) in denied_in_clause(clause) {
             if let Some(f) = contradicted(findings, condition, level.as_deref()) {
                 let d = Discrepancy::Denied {
@@ -547,6 +589,33 @@ mod tests {
                 &cord
             ),
             vec![]
+        );
+    }
+
+    #[test]
+    fn a_graded_finding_must_carry_its_grade_and_an_unplaced_one_must_exist() {
+        let good = "FINDINGS: Severe left paracentral disc herniation at L4-5. Moderate spinal canal stenosis at L4-5. \
+                    Vertebral hemangioma in L2. Severe right neural foraminal narrowing at L5-S1.\n\
+                    IMPRESSION: 1. Severe left disc herniation at L4-5.";
+        let ungraded = format!("{good}\n2. Right neural foraminal narrowing at L5-S1.");
+        let found = verify(&ungraded, &agents());
+        assert!(matches!(found[..], [Discrepancy::WrongSeverity { .. }]), "{found:?}");
+        assert!(found[0].to_string().ends_with("is severe: say so"), "{}", found[0]);
+        let unplaced = format!("{good}\n3. Severe degenerative signal loss of the LN2-3 disc.");
+        assert_eq!(
+            verify(&unplaced, &agents()),
+            vec![Discrepancy::Unsupported(Stated {
+                condition: "disc_degeneration",
+                level: UNNAMED_LEVEL.into(),
+                side: None,
+                severity: None
+            })]
+        );
+        let placed_elsewhere = format!("{good} The herniation is large.");
+        assert_eq!(
+            verify(&placed_elsewhere, &agents()),
+            vec![],
+            "the agents report a herniation"
         );
     }
 
