@@ -503,6 +503,11 @@ mod tests {
     use crate::analysis::StudyAnalysis;
     use crate::report::{Triage, compose};
 
+    /// A text that states exactly `agents()`.
+    const GOOD: &str = "FINDINGS: Severe left paracentral disc herniation at L4-5. Moderate spinal canal stenosis at L4-5. \
+                        Vertebral hemangioma in L2. Severe right neural foraminal narrowing at L5-S1.\n\
+                        IMPRESSION: 1. Severe left disc herniation at L4-5.";
+
     fn agents() -> Vec<Finding> {
         vec![
             Finding::certain("herniation", "L4-L5", "left", "severe"),
@@ -546,9 +551,7 @@ mod tests {
 
     #[test]
     fn invented_findings_wrong_sides_and_severities_and_omissions_are_caught() {
-        let good = "FINDINGS: Severe left paracentral disc herniation at L4-5. Moderate spinal canal stenosis at L4-5. \
-                    Vertebral hemangioma in L2. Severe right neural foraminal narrowing at L5-S1.\n\
-                    IMPRESSION: 1. Severe left disc herniation at L4-5.";
+        let good = GOOD;
         assert_eq!(verify(good, &agents()), vec![]);
         let invented = format!("{good} Compression fracture of L1.");
         assert!(matches!(
@@ -594,9 +597,7 @@ mod tests {
 
     #[test]
     fn a_graded_finding_must_carry_its_grade_and_an_unplaced_one_must_exist() {
-        let good = "FINDINGS: Severe left paracentral disc herniation at L4-5. Moderate spinal canal stenosis at L4-5. \
-                    Vertebral hemangioma in L2. Severe right neural foraminal narrowing at L5-S1.\n\
-                    IMPRESSION: 1. Severe left disc herniation at L4-5.";
+        let good = GOOD;
         let ungraded = format!("{good}\n2. Right neural foraminal narrowing at L5-S1.");
         let found = verify(&ungraded, &agents());
         assert!(matches!(found[..], [Discrepancy::WrongSeverity { .. }]), "{found:?}");
@@ -621,9 +622,7 @@ mod tests {
 
     #[test]
     fn denying_a_finding_the_agents_report_is_caught() {
-        let good = "FINDINGS: Severe left paracentral disc herniation at L4-5. Moderate spinal canal stenosis at L4-5. \
-                    Vertebral hemangioma in L2. Severe right neural foraminal narrowing at L5-S1.\n\
-                    IMPRESSION: 1. Severe left disc herniation at L4-5.";
+        let good = GOOD;
         let denied = format!("{good}\nNo canal or foraminal narrowing at any level.");
         let found = verify(&denied, &agents());
         assert!(found.contains(&Discrepancy::Denied {
