@@ -49,7 +49,8 @@ pub fn chosen_adapter(
 }
 
 /// Loads the report agent's language model (and warms it up with a short
-/// generation, so the first report does not pay for page faults).
+/// generation and, for grounded decoding, the tokens' texts, so the first
+/// report does not pay for them).
 pub fn report_agent(
     path: &Path,
     adapter: Option<(PathBuf, f64)>,
@@ -67,6 +68,9 @@ pub fn report_agent(
     let mut lm = spineagent_engine::lm::ReportLm::load(path, &loras)
         .with_context(|| format!("loading the report language model {}", path.display()))?;
     lm.repeat_penalty = repeat_penalty;
+    if guided {
+        lm.prepare_guides();
+    }
     let warm = lm.generate(
         &[spineagent_engine::lm::PromptPart::Text(
             "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n".into(),

@@ -519,6 +519,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             repeat_penalty,
             out,
         } => {
+            anyhow::ensure!(
+                (1.0..=2.0).contains(&repeat_penalty),
+                "--repeat-penalty must be between 1.0 and 2.0, not {repeat_penalty}"
+            );
             let files = scu::collect_files(&paths).context("listing files")?;
             let bundle = bundle.unwrap_or_else(spineagent::analyze::default_bundle);
             let mut options = spineagent_engine::SessionOptions::default();

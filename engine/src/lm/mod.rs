@@ -68,7 +68,7 @@ impl Generated {
 pub struct ReportLm {
     model: llama::Llama,
     tokenizer: tokenizer::GgufTokenizer,
-    /// Each token's text (built the first time a guide restricts a step).
+    /// Each token's text (`prepare_guides`).
     pieces: Vec<String>,
     /// Name of the GGUF (recorded in the SR).
     pub name: String,
@@ -206,8 +206,15 @@ impl ReportLm {
                         continue;
                     }
                     Some(Verdict::Reject(at)) => {
-                        self.step_back(&mut state, &mut out, &mut ends, &mut text, at, prompt_tokens)?;
-                        logits = self.logits_at(&out, prompt_tokens, &prompt_logits)?;
+                        logits = self.take_back(
+                            &mut state,
+                            &mut out,
+                            &mut ends,
+                            &mut text,
+                            at,
+                            prompt_tokens,
+                            &prompt_logits,
+                        )?;
                         continue;
                     }
                     _ => {
@@ -231,8 +238,15 @@ impl ReportLm {
             if let Some(g) = guiding {
                 match g.check(&text, state.accepted, false) {
                     Verdict::Reject(at) => {
-                        self.step_back(&mut state, &mut out, &mut ends, &mut text, at, prompt_tokens)?;
-                        logits = self.logits_at(&out, prompt_tokens, &prompt_logits)?;
+                        logits = self.take_back(
+                            &mut state,
+                            &mut out,
+                            &mut ends,
+                            &mut text,
+                            at,
+                            prompt_tokens,
+                            &prompt_logits,
+                        )?;
                         continue;
                     }
                     Verdict::Accept(upto) => state.accepted = upto,
@@ -254,15 +268,21 @@ impl ReportLm {
         })
     }
 
-    /// The most likely token whose text `allowed` takes (among the
-    /// `RESTRICTED_CANDIDATES` most likely; the most likely if none is).
-    fn best_allowed(&mut self, values: &[f32], allowed: impl Fn(&str) -> bool) -> Result<u32, LmError> {
+    /// Builds each token's text, which a restricting guide reads (done on
+    /// first use otherwise, inside a report's time).
+    pub fn prepare_guides(&mut self) {
         if self.pieces.is_empty() {
             let vocab = self.tokenizer.tokenizer.get_vocab_size(true) as u32;
             self.pieces = (0..vocab)
                 .map(|id| self.tokenizer.tokenizer.decode(&[id], false).unwrap_or_default())
                 .collect();
         }
+    }
+
+    /// The most likely token whose text `allowed` takes (among the
+    /// `RESTRICTED_CANDIDATES` most likely; the most likely if none is).
+    fn best_allowed(&mut self, values: &[f32], allowed: impl Fn(&str) -> bool) -> Result<u32, LmError> {
+        self.prepare_guides();
         let mut ranked: Vec<u32> = (0..values.len() as u32).collect();
         let k = RESTRICTED_CANDIDATES.min(ranked.len());
         if k < ranked.len() {
@@ -278,8 +298,10 @@ impl ReportLm {
     }
 
     /// Takes back the token that wrote byte `at` of the text and every
-    /// token after it, and bans it at its position.
-    fn step_back(
+    /// token after it, bans it at its position, and returns the logits for
+    /// that position again (the KV cache steps back to it).
+    #[allow(clippy::too_many_arguments)]
+    fn take_back(
         &mut self,
         state: &mut Steering,
         out: &mut Vec<u32>,
@@ -287,29 +309,22 @@ impl ReportLm {
         text: &mut String,
         at: usize,
         prompt_tokens: usize,
-    ) -> Result<(), LmError> {
+        prompt_logits: &Tensor,
+    ) -> Result<Tensor, LmError> {
         let i = ends.iter().position(|&e| e > at).unwrap_or(out.len().saturating_sub(1));
-        let Some(&bad) = out.get(i) else {
-            return Ok(());
-        };
-        out.truncate(i);
-        ends.truncate(i);
-        text.truncate(ends.last().copied().unwrap_or(0));
-        state.accepted = state.accepted.min(text.len());
-        state.ban(i, bad);
-        state.steers += 1;
-        self.model.truncate_cache(prompt_tokens + i.saturating_sub(1))?;
-        Ok(())
-    }
-
-    /// The logits for the position after `out` (the cache holds everything
-    /// before `out`'s last token).
-    fn logits_at(&mut self, out: &[u32], prompt_tokens: usize, prompt_logits: &Tensor) -> Result<Tensor, LmError> {
+        if let Some(&bad) = out.get(i) {
+            out.truncate(i);
+            ends.truncate(i);
+            text.truncate(ends.last().copied().unwrap_or(0));
+            state.accepted = state.accepted.min(text.len());
+            state.ban(i, bad);
+            state.steers += 1;
+        }
+        // The cache keeps what comes before the last kept token, which is
+        // run again for the logits after it.
+        self.model.truncate_cache(prompt_tokens + out.len().saturating_sub(1))?;
         match out.last() {
-            None => {
-                self.model.truncate_cache(prompt_tokens)?;
-                Ok(prompt_logits.clone())
-            }
+            None => Ok(prompt_logits.clone()),
             Some(&last) => Ok(self
                 .model
                 .forward_embeds(&self.model.embed(&[last])?, prompt_tokens + out.len() - 1)?),

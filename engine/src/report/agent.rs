@@ -145,7 +145,7 @@ impl ReportAgent {
                 findings: &analysis.findings,
                 levels: &analysis.levels_covered,
             };
-            let guide: Option<&dyn Guide> = if self.guided { Some(&grounding) } else { None };
+            let guide = self.guided.then_some(&grounding as &dyn Guide);
             let generated: Generated =
                 match self
                     .lm

@@ -38,8 +38,8 @@ use crate::lm::{Guide, Verdict};
 
 use super::compose::short_level;
 use super::verify::{
-    CLAUSE_ENDS, Discrepancy, conditions_named, contradicted, denied_in_clause, graded, negated, stated_findings,
-    stated_in_clause, unplaced_in_clause, verify,
+    CLAUSE_ENDS, Discrepancy, Fault, Spans, Stated, conditions_named, contradicting_denials, faults, negated,
+    stated_findings, stated_in_clause, unplaced_unsupported, verify,
 };
 
 /// Headings of the report template (both regions), as the model writes them.
@@ -74,62 +74,53 @@ impl Grounding<'_> {
             return Some(at);
         }
         if !partial {
-            for (condition, level, at) in denied_in_clause(clause) {
-                if contradicted(self.findings, condition, level.as_deref()).is_some() {
-                    return Some(at.min(clause.len()));
-                }
-            }
-            for (condition, at) in unplaced_in_clause(clause) {
-                if !self.findings.iter().any(|f| f.condition == condition) {
-                    return Some(at);
-                }
+            let denial = contradicting_denials(clause, self.findings).first().map(|(_, at)| *at);
+            let unplaced = unplaced_unsupported(clause, self.findings).first().map(|(_, at)| *at);
+            if let Some(at) = denial.or(unplaced) {
+                return Some(at.min(clause.len()));
             }
         }
         for (stated, spans) in stated_in_clause(clause) {
             if partial && !mention_complete(clause, spans.level.end) {
                 continue;
             }
-            let same_condition: Vec<&Finding> = self
-                .findings
-                .iter()
-                .filter(|f| f.condition == stated.condition)
-                .collect();
-            if same_condition.is_empty() {
-                return Some(spans.condition);
-            }
-            let here: Vec<&&Finding> = same_condition.iter().filter(|f| f.level == stated.level).collect();
-            if here.is_empty() {
-                let mention = &clause[spans.level.start..spans.level.end];
-                let agreed = same_condition
-                    .iter()
-                    .flat_map(|f| [f.level.clone(), short_level(&f.level)])
-                    .map(|form| common_prefix(mention, &form))
-                    .max()
-                    .unwrap_or(0);
-                return Some(spans.level.start + agreed);
-            }
-            if let (Some(side), Some(at)) = (stated.side, spans.side)
-                && !here.iter().any(|f| f.side == side)
-            {
-                return Some(at);
-            }
-            if let (Some(sev), Some(at)) = (stated.severity, spans.severity)
-                && graded(stated.condition)
-                && !here.iter().any(|f| f.severity == sev)
-            {
-                return Some(at);
-            }
-            if stated.severity.is_none() && graded(stated.condition) && !partial && !here[0].severity.is_empty() {
-                // The grade goes before the condition's words: write the
-                // clause's opening again.
-                return clause.find(|c: char| c.is_ascii_alphabetic());
+            let at = match faults(&stated, self.findings).first() {
+                None => continue,
+                Some(Fault::Unsupported) => Some(self.unsupported_at(clause, &stated, &spans)),
+                Some(Fault::WrongSide(_)) => spans.side,
+                Some(Fault::WrongSeverity(_)) => match spans.severity {
+                    Some(at) => Some(at),
+                    // A missing grade goes before the condition's words:
+                    // write the clause's opening again (once it is whole).
+                    None if partial => continue,
+                    None => clause.find(|c: char| c.is_ascii_alphabetic()),
+                },
+            };
+            if at.is_some() {
+                return at;
             }
         }
         None
     }
-}
 
-impl Grounding<'_> {
+    /// Where an unsupported finding goes wrong: the condition's words when
+    /// the agents report it nowhere, else the first character of the level
+    /// that no level of that condition has.
+    fn unsupported_at(&self, clause: &str, stated: &Stated, spans: &Spans) -> usize {
+        let forms: Vec<String> = self
+            .findings
+            .iter()
+            .filter(|f| f.condition == stated.condition)
+            .flat_map(|f| [f.level.clone(), short_level(&f.level)])
+            .collect();
+        if forms.is_empty() {
+            return spans.condition;
+        }
+        let mention = &clause[spans.level.start..spans.level.end];
+        let agreed = forms.iter().map(|form| common_prefix(mention, form)).max().unwrap_or(0);
+        spans.level.start + agreed
+    }
+
     /// The impression lists the agents' findings: an item must state one
     /// the impression has not stated yet, and no item may be opened once
     /// every finding is stated (or, with no findings, after the first).
@@ -165,6 +156,25 @@ impl Grounding<'_> {
             .iter()
             .any(|(s, _)| !listed.iter().any(|l| l.condition == s.condition && l.level == s.level));
         (!new_finding).then_some(first)
+    }
+
+    /// The spellings of the levels a mention in `clause` may name.
+    fn allowed_levels(&self, clause: &str) -> Vec<String> {
+        let lower = clause.to_ascii_lowercase();
+        let conditions = conditions_named(&lower);
+        let levels: Vec<&String> = if conditions.is_empty() || negated(&lower) {
+            self.levels
+                .iter()
+                .chain(self.findings.iter().map(|f| &f.level))
+                .collect()
+        } else {
+            self.findings
+                .iter()
+                .filter(|f| conditions.contains(&f.condition.as_str()))
+                .map(|f| &f.level)
+                .collect()
+        };
+        levels.into_iter().flat_map(|l| [l.clone(), short_level(l)]).collect()
     }
 }
 
@@ -228,27 +238,6 @@ fn open_mention(text: &str) -> Option<(usize, &str)> {
         .all(|c| c.is_ascii_digit() || matches!(c, '-' | '/' | 'C' | 'T' | 'L' | 'S'))
         && rest.chars().next().is_none_or(|c| c.is_ascii_digit());
     level_like.then_some((start, partial))
-}
-
-impl Grounding<'_> {
-    /// The spellings of the levels a mention in `clause` may name.
-    fn allowed_levels(&self, clause: &str) -> Vec<String> {
-        let lower = clause.to_ascii_lowercase();
-        let conditions = conditions_named(&lower);
-        let levels: Vec<&String> = if conditions.is_empty() || negated(&lower) {
-            self.levels
-                .iter()
-                .chain(self.findings.iter().map(|f| &f.level))
-                .collect()
-        } else {
-            self.findings
-                .iter()
-                .filter(|f| conditions.contains(&f.condition.as_str()))
-                .map(|f| &f.level)
-                .collect()
-        };
-        levels.into_iter().flat_map(|l| [l.clone(), short_level(l)]).collect()
-    }
 }
 
 impl Guide for Grounding<'_> {

@@ -166,7 +166,7 @@ fn negation_at(lower: &str) -> Option<usize> {
 /// What a negating clause denies: (condition, level; None = every level),
 /// and where its negation begins. "Other levels: no ..." denies nothing a
 /// checker can place, so it denies nothing.
-pub(crate) fn denied_in_clause(clause: &str) -> Vec<(&'static str, Option<String>, usize)> {
+fn denied_in_clause(clause: &str) -> Vec<(&'static str, Option<String>, usize)> {
     let lower = clause.to_ascii_lowercase();
     let mut out: Vec<(&'static str, Option<String>, usize)> = SECTION_NORMALS
         .iter()
@@ -205,7 +205,7 @@ const SECTION_NORMALS: &[(&str, &[&str])] = &[
 ];
 
 /// The agents' finding a denial contradicts, if any.
-pub(crate) fn contradicted<'f>(findings: &'f [Finding], condition: &str, level: Option<&str>) -> Option<&'f Finding> {
+fn contradicted<'f>(findings: &'f [Finding], condition: &str, level: Option<&str>) -> Option<&'f Finding> {
     findings
         .iter()
         .find(|f| f.condition == condition && level.is_none_or(|l| l == f.level))
@@ -373,7 +373,7 @@ pub const UNNAMED_LEVEL: &str = "an unnamed level";
 /// placed at ("degenerative signal loss of the LN2-3 disc"), with where
 /// their words are: supported only if the agents report the condition
 /// somewhere.
-pub(crate) fn unplaced_in_clause(clause: &str) -> Vec<(&'static str, usize)> {
+fn unplaced_in_clause(clause: &str) -> Vec<(&'static str, usize)> {
     let lower = clause.to_ascii_lowercase();
     if lower.trim().is_empty() || negated(&lower) || !level_mentions(clause).is_empty() {
         return Vec::new();
@@ -408,7 +408,7 @@ fn agent_side(f: &Finding) -> &str {
 }
 
 /// Conditions whose severity the agents grade (others are reported without one).
-pub(crate) fn graded(condition: &str) -> bool {
+fn graded(condition: &str) -> bool {
     matches!(
         condition,
         "canal_stenosis"
@@ -418,6 +418,60 @@ pub(crate) fn graded(condition: &str) -> bool {
             | "disc_height_loss"
             | "disc_degeneration"
     )
+}
+
+/// What is wrong with one stated finding, against the agents' findings.
+/// The verifier reports each; grounded decoding mends the first.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Fault<'f> {
+    /// No agent finding of that condition at that level.
+    Unsupported,
+    /// Another side than the agents' (their finding).
+    WrongSide(&'f Finding),
+    /// Another grade than the agents', or none where they grade it.
+    WrongSeverity(&'f Finding),
+}
+
+pub(crate) fn faults<'f>(s: &Stated, findings: &'f [Finding]) -> Vec<Fault<'f>> {
+    let here: Vec<&Finding> = findings
+        .iter()
+        .filter(|f| f.condition == s.condition && f.level == s.level)
+        .collect();
+    let Some(&first) = here.first() else {
+        return vec![Fault::Unsupported];
+    };
+    let mut out = Vec::new();
+    if let Some(side) = s.side
+        && !here.iter().any(|f| f.side == side)
+    {
+        out.push(Fault::WrongSide(first));
+    }
+    let wrong_severity = match s.severity {
+        Some(sev) => !here.iter().any(|f| f.severity == sev),
+        // The agents grade it; a statement without the grade loses it.
+        None => !first.severity.is_empty(),
+    };
+    if graded(s.condition) && wrong_severity {
+        out.push(Fault::WrongSeverity(first));
+    }
+    out
+}
+
+/// Conditions an affirming clause names without a readable level that the
+/// agents report nowhere, with where their words are.
+pub(crate) fn unplaced_unsupported(clause: &str, findings: &[Finding]) -> Vec<(&'static str, usize)> {
+    unplaced_in_clause(clause)
+        .into_iter()
+        .filter(|(condition, _)| !findings.iter().any(|f| f.condition == *condition))
+        .collect()
+}
+
+/// The agents' findings a clause denies, with where its negation begins.
+pub(crate) fn contradicting_denials<'f>(clause: &str, findings: &'f [Finding]) -> Vec<(&'f Finding, usize)> {
+    denied_in_clause(clause)
+        .into_iter()
+        .filter_map(|(condition, level, at)| contradicted(findings, condition, level.as_deref()).map(|f| (f, at)))
+        .collect()
 }
 
 /// Checks a report text against the agents' findings; empty = grounded.
@@ -432,57 +486,39 @@ pub fn verify(text: &str, findings: &[Finding]) -> Vec<Discrepancy> {
     }
     let stated = stated_findings(text);
     for s in &stated {
-        let here: Vec<&Finding> = findings
-            .iter()
-            .filter(|f| f.condition == s.condition && f.level == s.level)
-            .collect();
-        if here.is_empty() {
-            out.push(Discrepancy::Unsupported(s.clone()));
-            continue;
-        }
-        if let Some(side) = s.side
-            && !here.iter().any(|f| f.side == side)
-        {
-            out.push(Discrepancy::WrongSide {
-                stated: s.clone(),
-                agents: agent_side(here[0]).to_string(),
-            });
-        }
-        let wrong_severity = match s.severity {
-            Some(sev) => !here.iter().any(|f| f.severity == sev),
-            // The agents grade it; a statement without the grade loses it.
-            None => !here[0].severity.is_empty(),
-        };
-        if graded(s.condition) && wrong_severity {
-            out.push(Discrepancy::WrongSeverity {
-                stated: s.clone(),
-                agents: here[0].severity.clone(),
+        for fault in faults(s, findings) {
+            out.push(match fault {
+                Fault::Unsupported => Discrepancy::Unsupported(s.clone()),
+                Fault::WrongSide(f) => Discrepancy::WrongSide {
+                    stated: s.clone(),
+                    agents: agent_side(f).to_string(),
+                },
+                Fault::WrongSeverity(f) => Discrepancy::WrongSeverity {
+                    stated: s.clone(),
+                    agents: f.severity.clone(),
+                },
             });
         }
     }
     for clause in text.split(CLAUSE_ENDS) {
-        for (condition, _) in unplaced_in_clause(clause) {
-            if !findings.iter().any(|f| f.condition == condition) {
-                let d = Discrepancy::Unsupported(Stated {
-                    condition,
-                    level: UNNAMED_LEVEL.into(),
-                    side: None,
-                    severity: None,
-                });
-                if !out.contains(&d) {
-                    out.push(d);
-                }
+        for (condition, _) in unplaced_unsupported(clause, findings) {
+            let d = Discrepancy::Unsupported(Stated {
+                condition,
+                level: UNNAMED_LEVEL.into(),
+                side: None,
+                severity: None,
+            });
+            if !out.contains(&d) {
+                out.push(d);
             }
         }
-        for (condition, level, _) in denied_in_clause(clause) {
-            if let Some(f) = contradicted(findings, condition, level.as_deref()) {
-                let d = Discrepancy::Denied {
-                    condition: f.condition.clone(),
-                    level: f.level.clone(),
-                };
-                if !out.contains(&d) {
-                    out.push(d);
-                }
+        for (f, _) in contradicting_denials(clause, findings) {
+            let d = Discrepancy::Denied {
+                condition: f.condition.clone(),
+                level: f.level.clone(),
+            };
+            if !out.contains(&d) {
+                out.push(d);
             }
         }
     }
