@@ -198,60 +198,53 @@ impl ReportLm {
                 Some(g) => self.best_allowed(&values, |piece| g.allows(&text, piece))?,
                 None => argmax(&values),
             };
-            if self.tokenizer.stop_ids.contains(&next) {
+            // Where the guide wants text taken back, if anywhere.
+            let rejected = if self.tokenizer.stop_ids.contains(&next) {
                 match guiding.map(|g| g.check(&text, state.accepted, true)) {
                     Some(Verdict::Continue) => {
                         state.ban(out.len(), next);
                         state.steers += 1;
                         continue;
                     }
-                    Some(Verdict::Reject(at)) => {
-                        logits = self.take_back(
-                            &mut state,
-                            &mut out,
-                            &mut ends,
-                            &mut text,
-                            at,
-                            prompt_tokens,
-                            &prompt_logits,
-                        )?;
-                        continue;
-                    }
+                    Some(Verdict::Reject(at)) => Some(at),
                     _ => {
                         truncated = false;
                         break;
                     }
                 }
-            }
-            out.push(next);
-            decode_steps += 1;
-            let decoded = self
-                .tokenizer
-                .tokenizer
-                .decode(&out, true)
-                .map_err(|e| LmError::Tokenize(e.to_string()))?;
-            if decoded.len() > text.len() && decoded.is_char_boundary(text.len()) {
-                on_token(&decoded[text.len()..]);
-            }
-            text = decoded;
-            ends.push(text.len());
-            if let Some(g) = guiding {
-                match g.check(&text, state.accepted, false) {
-                    Verdict::Reject(at) => {
-                        logits = self.take_back(
-                            &mut state,
-                            &mut out,
-                            &mut ends,
-                            &mut text,
-                            at,
-                            prompt_tokens,
-                            &prompt_logits,
-                        )?;
-                        continue;
-                    }
-                    Verdict::Accept(upto) => state.accepted = upto,
-                    Verdict::Continue => {}
+            } else {
+                out.push(next);
+                decode_steps += 1;
+                let decoded = self
+                    .tokenizer
+                    .tokenizer
+                    .decode(&out, true)
+                    .map_err(|e| LmError::Tokenize(e.to_string()))?;
+                if decoded.len() > text.len() && decoded.is_char_boundary(text.len()) {
+                    on_token(&decoded[text.len()..]);
                 }
+                text = decoded;
+                ends.push(text.len());
+                match guiding.map(|g| g.check(&text, state.accepted, false)) {
+                    Some(Verdict::Reject(at)) => Some(at),
+                    Some(Verdict::Accept(upto)) => {
+                        state.accepted = upto;
+                        None
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(at) = rejected {
+                logits = self.take_back(
+                    &mut state,
+                    &mut out,
+                    &mut ends,
+                    &mut text,
+                    at,
+                    prompt_tokens,
+                    &prompt_logits,
+                )?;
+                continue;
             }
             let pos = prompt_tokens + out.len() - 1;
             logits = self.model.forward_embeds(&self.model.embed(&[next])?, pos)?;
