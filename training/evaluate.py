@@ -65,6 +65,9 @@ def predict(agents, studies, feats):
         presence, side, severity, graded = agents.conditions(
             out["level_features"].unsqueeze(0), out["slot_mask"].unsqueeze(0)
         )
+        condition_retrieval = (
+            agents.retrieval(presence, side, severity, graded)[0].numpy() if agents.condition_retrieval else None
+        )
         rows.append(
             {
                 "study": st,
@@ -74,6 +77,7 @@ def predict(agents, studies, feats):
                 "side": side[0].softmax(-1).numpy(),
                 "graded": graded[0].softmax(-1).numpy(),
                 "retrieval": out["retrieval"].numpy(),
+                "condition_retrieval": condition_retrieval,
             }
         )
     return rows
@@ -176,9 +180,14 @@ def dice(rows):
 
 
 @torch.no_grad()
-def recall(rows, agents):
-    img = np.stack([r["retrieval"] for r in rows])
-    txt = agents.text(torch.from_numpy(np.stack([r["study"]["text"] for r in rows]))).numpy()
+def recall(rows, agents, kind="retrieval"):
+    """Recall@k among the rows' own reports. kind "retrieval": the patient
+    embedding's projection (the published method's); "condition_retrieval":
+    the head over the condition agents' answers (what the engine serves
+    when the bundle has it)."""
+    img = np.stack([r[kind] for r in rows])
+    text = agents.retrieval_text if kind == "condition_retrieval" else agents.text
+    txt = text(torch.from_numpy(np.stack([r["study"]["text"] for r in rows]))).numpy()
     sim = img @ txt.T
     out = {}
     for name, m in (("image_to_report", sim), ("report_to_image", sim.T)):
@@ -249,7 +258,9 @@ def main():
             "slice_selection_within_1": [sel, sel_n],
             "recognition_accuracy": [rec_acc, rec_n],
             "dice": dice(rows),
-            "retrieval": recall(rows, agents),
+            "retrieval": recall(rows, agents, "condition_retrieval" if agents.condition_retrieval else "retrieval"),
+            "patient_retrieval": recall(rows, agents),
+            "condition_retrieval": agents.condition_retrieval,
             "ablation": {
                 "synthesizer_mean_level_auroc": mean_of(cond, "level_auroc"),
                 "single_encoder_mean_level_auroc": mean_of(ab_cond, "level_auroc"),
@@ -315,7 +326,17 @@ def write_report(path, results, ck):
             + ", ".join(f"{k} {fmt(v, 2)}" for k, v in r["retrieval"]["image_to_report"].items())
             + "; report to image "
             + ", ".join(f"{k} {fmt(v, 2)}" for k, v in r["retrieval"]["report_to_image"].items())
-            + ".",
+            + "."
+            + (
+                " (Retrieval over the condition agents' answers, what the engine serves; the patient"
+                " embedding's projection, the published method's: image to report "
+                + ", ".join(f"{k} {fmt(v, 2)}" for k, v in r["patient_retrieval"]["image_to_report"].items())
+                + "; report to image "
+                + ", ".join(f"{k} {fmt(v, 2)}" for k, v in r["patient_retrieval"]["report_to_image"].items())
+                + ".)"
+                if r.get("condition_retrieval")
+                else ""
+            ),
             "- Ablation (same agents architecture and recipe, steps above; other sequences through the"
             f" synthesizer vs the T2 encoder alone): mean level AUROC {fmt(r['ablation']['synthesizer_mean_level_auroc'][0])}"
             f" vs {fmt(r['ablation']['single_encoder_mean_level_auroc'][0])}; per study"

@@ -25,7 +25,7 @@ from spinefm.model import GRID, IMAGE, WIDTH, Encoder, SliceAgents, Synthesizer,
 from spinefm.pipeline import Agents, load_agents
 from train_agents import as_float, load_encoder
 
-VERSION = "0.4.1"
+VERSION = "0.5.0"
 
 
 def fold_channels(encoder):
@@ -70,15 +70,21 @@ class PatientExport(nn.Module):
 
 
 class ConditionsExport(nn.Module):
-    """Probabilities, not logits: presence (sigmoid), side/severity/grade (softmax)."""
+    """Probabilities, not logits: presence (sigmoid), side/severity/grade
+    (softmax); and, with the condition retrieval head, the study's
+    retrieval embedding."""
 
     def __init__(self, agents):
         super().__init__()
         self.a = agents.conditions
+        self.retrieval = agents.retrieval if agents.condition_retrieval else None
 
     def forward(self, level_features, slot_mask):
         p, side, sev, graded = self.a(level_features, slot_mask)
-        return torch.sigmoid(p), side.softmax(-1), sev.softmax(-1), graded.softmax(-1)
+        probs = (torch.sigmoid(p), side.softmax(-1), sev.softmax(-1), graded.softmax(-1))
+        if self.retrieval is None:
+            return probs
+        return probs + (self.retrieval(p, side, sev, graded),)
 
 
 def sha256(path):
@@ -149,7 +155,7 @@ def toml_dims(dims):
     return "[" + ", ".join(f'"{d}"' if isinstance(d, str) else str(d) for d in dims) + "]"
 
 
-def manifest(out, models, extra_files):
+def manifest(out, models, extra_files, retrieval_model="patient"):
     lines = [
         "# SpineFM-tiny: SYNTHETIC. Trained on procedural phantom studies only",
         "# (training/, see models/README.md); no clinical accuracy is claimed.",
@@ -207,7 +213,7 @@ def manifest(out, models, extra_files):
         'slice_selection = ["series_pool"]',
         'series_embedding = ["series_pool"]',
         'patient_embedding = ["patient"]',
-        'retrieval = ["patient"]',
+        f'retrieval = ["{retrieval_model}"]',
     ]
     for c in L.CONDITIONS:
         lines.append(f'condition_{c} = ["conditions"]')
@@ -276,10 +282,12 @@ def main():
             dict(enc_shapes, family=["batch", len(L.SYNTH_FAMILIES)]), args.out,
         )
     )  # fmt: skip
+    # One slice for the slice agents' and series pool's golden I/O: their
+    # segmentation is 60 x 128 x 128 floats (3.9 MB) per slice.
     with torch.no_grad():
-        cls, patches = t2(px)
-    px0 = px[:, :1].contiguous()
-    seg_side = SliceAgents.OUT
+        cls, patches = t2(px[:1])
+    px0 = px[:1, :1].contiguous()
+    seg_side = IMAGE if agents.slice.full_res else SliceAgents.OUT
     models.append(
         export(
             SliceAgentsExport(agents), "slice_agents", [patches, cls, px0], ["patches", "rec_cls", "pixels"],
@@ -317,19 +325,22 @@ def main():
     lf = torch.randn(1, S, LV, D)
     sm = torch.tensor([[1.0, 1.0, 0.0, 1.0, 0.0]])
     P, C, G = len(L.POSITIONS), len(L.CONDITIONS), len(L.GRADED)
+    cond_outputs = ["presence", "side", "severity", "graded"] + (["retrieval"] if agents.condition_retrieval else [])
     models.append(
         export(
-            ConditionsExport(agents), "conditions", [lf, sm], ["level_features", "slot_mask"],
-            ["presence", "side", "severity", "graded"],
+            ConditionsExport(agents), "conditions", [lf, sm], ["level_features", "slot_mask"], cond_outputs,
             {"level_features": [1, S, LV, D], "slot_mask": [1, S], "presence": [1, P, C], "side": [1, P, C, 3],
-             "severity": [1, P, C, 3], "graded": [1, P, G, 3]},
+             "severity": [1, P, C, 3], "graded": [1, P, G, 3], "retrieval": [1, 64]},
             args.out,
         )
     )  # fmt: skip
 
-    # Retrieval index: the training studies' reports in the shared space.
+    # Retrieval index: the training studies' reports in the space the
+    # engine queries (the condition retrieval head's when the bundle has
+    # it, else the patient embedding's).
+    text = agents.retrieval_text if agents.condition_retrieval else agents.text
     with torch.no_grad():
-        texts = agents.text(torch.from_numpy(np.stack([st["text"] for st in cache["train"]]))).numpy()
+        texts = text(torch.from_numpy(np.stack([st["text"] for st in cache["train"]]))).numpy()
     index_path = args.out / "retrieval_index.npy"
     np.save(index_path, texts.astype(np.float32))
     reports_path = args.out / "retrieval_reports.json"
@@ -344,7 +355,7 @@ def main():
     if args.report_adapter:
         files["report_adapter"] = args.out / "report_adapter.safetensors"
         shutil.copyfile(args.report_adapter, files["report_adapter"])
-    manifest(args.out, models, files)
+    manifest(args.out, models, files, retrieval_model="conditions" if agents.condition_retrieval else "patient")
     total = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(f"bundle {args.out}: {total / 1e6:.1f} MB; encoder {flops_per_slice() / 1e9:.2f} GFLOPs per slice")
 

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 from spinefm import labels as L
 from spinefm.data import covered_positions, finding_targets
-from spinefm.model import Encoder, GatedAttentionPool, Synthesizer, TextProjection, clip_loss
-from spinefm.pipeline import Agents, combine, series_stats
+from spinefm.model import ConditionRetrieval, Encoder, GatedAttentionPool, Synthesizer, TextProjection, clip_loss
+from spinefm.pipeline import Agents, combine, load_agents, series_stats
 
 
 def load_encoder(path):
@@ -249,32 +249,51 @@ def soft_dice_loss(logits, target, n):
     return 1 - (2 * inter[present] / (denom[present] + 1)).mean()
 
 
+def segmentation_loss(agents, logits, a_t, le_t, lv_t, wa, wl):
+    """Cross-entropy with class weights plus soft Dice (anatomy, lesion),
+    cross-entropy for the level map."""
+    na, nl = len(L.ANATOMY), len(L.LESION)
+    a, les, lev = agents.slice.split_seg(logits)
+    loss = F.cross_entropy(a, a_t, weight=wa) + soft_dice_loss(a, a_t, na)
+    loss = loss + F.cross_entropy(les, le_t, weight=wl) + soft_dice_loss(les, le_t, nl)
+    return loss + F.cross_entropy(lev, lv_t)
+
+
+CROP = 64  # side of the full-resolution region trained per step
+
+
 def train_slice_agents(agents, train, feats, minutes, batch=32, lr=2e-3, label=""):
-    """Stage A: segmentation (anatomy, lesion, level; 64 x 64 logits against
-    the labels at 64 x 64) and recognition, per slice, on random slices of
-    every training series (all families, routed features). Cross-entropy
-    with class weights plus soft Dice for anatomy and lesion."""
+    """Stage A: segmentation (anatomy, lesion, level) and recognition, per
+    slice, on random slices of every training series (all families, routed
+    features). The 64 x 64 logits are trained on the whole slice against
+    the labels at 64 x 64; with the full-resolution refinement its logits
+    are trained as well, on one random CROP x CROP region per step against
+    the labels at 128 x 128 (the whole slice at full resolution costs about
+    five times as much per step)."""
     P, C, R, X, A, LE, LV, FA, PL, RG = [], [], [], [], [], [], [], [], [], []
     for st, items in zip(train, feats):
         region = L.REGIONS.index(st["truth"]["region"])
         for s, it in zip(st["series"], items):
             n = len(it["patches"])
             P.append(it["patches"]), C.append(it["cls"]), R.append(it["rec_cls"]), X.append(it["pixels"])
-            A.append(torch.from_numpy(s["anatomy"][:, ::2, ::2].copy()))
-            LE.append(torch.from_numpy(s["lesion"][:, ::2, ::2].copy()))
-            LV.append(torch.from_numpy(s["level"][:, ::2, ::2].copy()))
+            A.append(torch.from_numpy(s["anatomy"]))
+            LE.append(torch.from_numpy(s["lesion"]))
+            LV.append(torch.from_numpy(s["level"]))
             FA.append(torch.full((n,), L.FAMILIES.index(it["family"])))
             PL.append(torch.full((n,), L.PLANES.index(it["plane"])))
             RG.append(torch.full((n,), region))
     P, C, R, X = torch.cat(P), torch.cat(C), torch.cat(R), torch.cat(X)
     A, LE, LV, FA, PL, RG = (torch.cat(t) for t in (A, LE, LV, FA, PL, RG))
-    na, nl, nv = len(L.ANATOMY), len(L.LESION), len(L.LEVELS)
+    na, nl = len(L.ANATOMY), len(L.LESION)
     wa, wl = class_weights(A, na, 10.0), class_weights(LE, nl, 30.0)
-    print(f"{label} slice agents: {len(P)} training slices; lesion class weights {wl.numpy().round(1)}", flush=True)
+    full = agents.slice.full_res
+    print(f"{label} slice agents: {len(P)} training slices; full resolution {full}; "
+          f"lesion class weights {wl.numpy().round(1)}", flush=True)  # fmt: skip
     with_lesion = torch.nonzero(LE.flatten(1).amax(dim=1) > 0).flatten()
     params = list(agents.slice.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     deadline, started, step = time.time() + minutes * 60, time.time(), 0
+    side = A.shape[-1]
     while time.time() < deadline:
         cosine_lr(opt, lr, (time.time() - started) / (minutes * 60))
         # A quarter of the batch from slices that show a lesion, so the
@@ -282,11 +301,15 @@ def train_slice_agents(agents, train, feats, minutes, batch=32, lr=2e-3, label="
         k = batch // 4 if len(with_lesion) else 0
         idx = torch.cat([with_lesion[torch.randint(len(with_lesion), (k,))], torch.randint(len(P), (batch - k,))])
         a_t, le_t, lv_t = A[idx].long(), LE[idx].long(), LV[idx].long()
-        seg, _ = agents.slice(C[idx].float(), P[idx].float(), X[idx].float())
-        a, les, lev = agents.slice.split_seg(seg)
-        seg_loss = F.cross_entropy(a, a_t, weight=wa) + soft_dice_loss(a, a_t, na)
-        seg_loss = seg_loss + F.cross_entropy(les, le_t, weight=wl) + soft_dice_loss(les, le_t, nl)
-        seg_loss = seg_loss + F.cross_entropy(lev, lv_t)
+        px = X[idx].float()
+        hidden, coarse = agents.slice.coarse(P[idx].float(), px)
+        half = lambda t: t[:, ::2, ::2]  # noqa: E731
+        seg_loss = segmentation_loss(agents, coarse, half(a_t), half(le_t), half(lv_t), wa, wl)
+        if full:
+            y0, x0 = (2 * int(v) for v in torch.randint((side - CROP) // 2 + 1, (2,)))
+            fine = agents.slice.refine_region(hidden, coarse, px, y0, x0, CROP)
+            cut = lambda t: t[:, y0 : y0 + CROP, x0 : x0 + CROP]  # noqa: E731
+            seg_loss = seg_loss + segmentation_loss(agents, fine, cut(a_t), cut(le_t), cut(lv_t), wa, wl)
         fam, plane, reg = agents.slice.split_recognition(agents.slice.recognize(R[idx].float()))
         rec_loss = F.cross_entropy(fam, FA[idx]) + F.cross_entropy(plane, PL[idx]) + F.cross_entropy(reg, RG[idx])
         loss = seg_loss + 0.5 * rec_loss
@@ -359,7 +382,7 @@ def train_study_agents(agents, train, stats, minutes, batch=24, lr=1e-3, label="
     retrieval on the frozen slice agents' outputs."""
     params = [
         p for n, p in agents.named_parameters()
-        if not n.startswith(("slice.", "conditions.", "series.compress."))
+        if not n.startswith(("slice.", "conditions.", "series.compress.", "retrieval"))
     ]  # fmt: skip
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     deadline, started, step = time.time() + minutes * 60, time.time(), 0
@@ -389,9 +412,65 @@ def train_study_agents(agents, train, stats, minutes, batch=24, lr=1e-3, label="
     return step
 
 
+def retrieval_recall(img, txt, k=5):
+    """Mean of Recall@k in both directions among matched rows (unit vectors)."""
+    sim = img @ txt.t()
+    diag = sim.diagonal()
+    i2t = (sim > diag[:, None]).sum(1) < k
+    t2i = (sim.t() > diag[:, None]).sum(1) < k
+    return (i2t.float().mean() + t2i.float().mean()).item() / 2
+
+
+def train_retrieval(agents, train, stats, val, val_stats, minutes, batch=32, lr=1e-3, label=""):
+    """Stage B3: the retrieval head over the (frozen) condition agents'
+    answers, and its text projection, with the symmetric CLIP loss. The
+    answers are computed once per study; the state with the best validation
+    Recall@5 (both directions, checked every 25 steps) is kept, as 144
+    training studies are learned by heart long before the time is up."""
+    if not agents.condition_retrieval:
+        return 0
+
+    @torch.no_grad()
+    def answers(st):
+        sums = [torch.stack(t) for t in zip(*(slot_sums(s) for s in st))]
+        agents.conditions.eval()
+        return ConditionRetrieval.inputs(*agents.conditions(*level_features_of(agents, *sums)))
+
+    x, vx = answers(stats), answers(val_stats)
+    texts = torch.from_numpy(np.stack([st["text"] for st in train]))
+    vtexts = torch.from_numpy(np.stack([st["text"] for st in val]))
+    net = agents.retrieval.net
+    params = list(net.parameters()) + list(agents.retrieval_text.parameters()) + [agents.retrieval_scale]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+    best, best_state = -1.0, None
+    deadline, started, step = time.time() + minutes * 60, time.time(), 0
+    while time.time() < deadline:
+        cosine_lr(opt, lr, (time.time() - started) / (minutes * 60))
+        idx = torch.randperm(len(train))[:batch]
+        net.train()
+        img = F.normalize(net(x[idx]), dim=-1)
+        loss = clip_loss(img, agents.retrieval_text(texts[idx]), agents.retrieval_scale)
+        optimizer_step(opt, loss, params)
+        step += 1
+        if step % 25 == 0:
+            net.eval()
+            with torch.no_grad():
+                r = retrieval_recall(F.normalize(net(vx), dim=-1), agents.retrieval_text(vtexts))
+            if r > best:
+                best = r
+                best_state = {k: v.clone() for k, v in agents.state_dict().items() if k.startswith("retrieval")}
+            if step % 500 == 0:
+                print(f"{label} retrieval step {step} loss {loss.item():.3f} validation R@5 {r:.3f} (best {best:.3f})",
+                      flush=True)  # fmt: skip
+    if best_state is not None:
+        agents.load_state_dict(best_state, strict=False)
+    net.eval()
+    return step
+
+
 def train_agents(
     agents, train, feats, val, val_feats, slice_minutes, condition_minutes, study_minutes, label="", earlier=None,
-    slice_continue=False,
+    slice_continue=False, retrieval_minutes=2,
 ):
     """Stage A, then B1 and B2. `earlier`: an earlier run's agents (same
     features) whose slice agents are taken instead of stage A (or, with
@@ -414,7 +493,8 @@ def train_agents(
     print(f"{label} series stats in {time.time() - started:.0f}s", flush=True)
     s2 = train_condition_agents(agents, train, stats, val, val_stats, condition_minutes, label=label)
     s3 = train_study_agents(agents, train, stats, study_minutes, label=label)
-    return {"slice": s1, "conditions": s2, "study": s3}
+    s4 = train_retrieval(agents, train, stats, val, val_stats, retrieval_minutes, label=label)
+    return {"slice": s1, "conditions": s2, "study": s3, "retrieval": s4}
 
 
 def main():
@@ -427,6 +507,7 @@ def main():
     ap.add_argument("--slice-minutes", type=float, default=8, help="stage A: segmentation and recognition")
     ap.add_argument("--condition-minutes", type=float, default=3, help="stage B1: condition agents")
     ap.add_argument("--study-minutes", type=float, default=4, help="stage B2: pooling, slice selection, retrieval")
+    ap.add_argument("--retrieval-minutes", type=float, default=2, help="stage B3: retrieval over the condition answers")
     ap.add_argument("--ablation-slice-minutes", type=float, default=None, help="default: --slice-minutes")
     ap.add_argument("--ablation-condition-minutes", type=float, default=None, help="default: --condition-minutes")
     ap.add_argument("--ablation-study-minutes", type=float, default=None, help="default: --study-minutes")
@@ -439,6 +520,13 @@ def main():
     ap.add_argument(
         "--slice-continue", action="store_true",
         help="with --slice-from: continue stage A from its slice agents for --slice-minutes (steps add up)",
+    )
+    ap.add_argument(
+        "--synthesizer-from", help="a checkpoint whose synthesizer weights are taken as they are (no synthesizer training)"
+    )
+    ap.add_argument(
+        "--keep-ablation", action="store_true",
+        help="with --slice-from: take its ablation agents as they are (when only the main agents' later stages change)",
     )
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
@@ -461,7 +549,12 @@ def main():
         feats, ablation = fs["routed"], fs["ablation"]
         print(f"reused synthesizer and features of {args.reuse}", flush=True)
     else:
-        synth_steps = train_synthesizer(synth, cache["train"], args.synth_minutes)
+        if args.synthesizer_from:
+            prev = torch.load(args.synthesizer_from, weights_only=False)
+            synth.weights.data.copy_(prev["synthesizer"])
+            synth_steps = prev["steps"]["synthesizer"]
+        else:
+            synth_steps = train_synthesizer(synth, cache["train"], args.synth_minutes)
         started = time.time()
         feats, ablation = {}, {}
         for split, studies in cache.items():
@@ -480,20 +573,37 @@ def main():
         agents, cache["train"], feats["train"], cache["validation"], feats["validation"],
         args.slice_minutes, args.condition_minutes, args.study_minutes, label="agents",
         earlier=earlier["agents"] if earlier else None, slice_continue=args.slice_continue,
+        retrieval_minutes=args.retrieval_minutes,
     )  # fmt: skip
     agents_ablation = Agents()
-    ab_steps = train_agents(
-        agents_ablation, cache["train"], ablation["train"], cache["validation"], ablation["validation"],
-        pick(args.ablation_slice_minutes, args.slice_minutes),
-        pick(args.ablation_condition_minutes, args.condition_minutes),
-        pick(args.ablation_study_minutes, args.study_minutes),
-        label="ablation", earlier=earlier["agents_ablation"] if earlier else None, slice_continue=args.slice_continue,
-    )  # fmt: skip
-    if earlier:  # the slice agents' (and B2's, when not trained here) steps are the earlier run's
-        for mine, theirs in ((steps, earlier["steps"]["agents"]), (ab_steps, earlier["steps"]["ablation"])):
+    # A checkpoint restored from a bundle has no ablation agents: the
+    # ablation then starts from the same agents as the main run, so the two
+    # differ only in how other sequences are encoded.
+    ablation_start, ablation_earlier_steps = None, None
+    if earlier:
+        own = earlier["agents_ablation"] is not None
+        ablation_start = earlier["agents_ablation"] if own else earlier["agents"]
+        ablation_earlier_steps = earlier["steps"]["ablation" if own else "agents"]
+    if args.keep_ablation:
+        assert earlier and earlier["agents_ablation"] is not None, "--keep-ablation needs --slice-from with ablation agents"
+        agents_ablation = load_agents(earlier["agents_ablation"])
+        ab_steps = dict(earlier["steps"]["ablation"])
+    else:
+        ab_steps = train_agents(
+            agents_ablation, cache["train"], ablation["train"], cache["validation"], ablation["validation"],
+            pick(args.ablation_slice_minutes, args.slice_minutes),
+            pick(args.ablation_condition_minutes, args.condition_minutes),
+            pick(args.ablation_study_minutes, args.study_minutes),
+            label="ablation", earlier=ablation_start, slice_continue=args.slice_continue,
+            retrieval_minutes=args.retrieval_minutes,
+        )  # fmt: skip
+    if earlier:  # stage A and B2 start from the earlier run's weights: their steps add up
+        pairs = [(steps, earlier["steps"]["agents"])]
+        if not args.keep_ablation:
+            pairs.append((ab_steps, ablation_earlier_steps))
+        for mine, theirs in pairs:
             mine["slice"] += theirs["slice"]
-            if not mine["study"]:
-                mine["study"] = theirs["study"]
+            mine["study"] += theirs["study"]
     torch.save(
         {
             "synthesizer": synth.weights.detach(),

@@ -8,18 +8,31 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import labels as L
-from .model import GRID, WIDTH, ConditionAgents, PatientModel, SeriesPool, SliceAgents, TextProjection
+from .model import GRID, WIDTH, ConditionAgents, ConditionRetrieval, PatientModel, SeriesPool, SliceAgents, TextProjection
 
 
 class Agents(nn.Module):
-    def __init__(self):
+    """Every trained part after the encoders. `full_res`: the slice agents'
+    full-resolution refinement; `condition_retrieval`: retrieval from the
+    condition agents' answers (with its own text projection) beside the
+    patient embedding's. Bundles up to 0.4.x have neither."""
+
+    def __init__(self, full_res=True, condition_retrieval=True):
         super().__init__()
-        self.slice = SliceAgents()
+        self.slice = SliceAgents(full_res=full_res)
         self.series = SeriesPool()
         self.patient = PatientModel()
         self.conditions = ConditionAgents()
         self.text = TextProjection()
         self.logit_scale = nn.Parameter(torch.tensor(np.log(1 / 0.07), dtype=torch.float32))
+        if condition_retrieval:
+            self.retrieval = ConditionRetrieval()
+            self.retrieval_text = TextProjection()
+            self.retrieval_scale = nn.Parameter(torch.tensor(np.log(1 / 0.07), dtype=torch.float32))
+
+    @property
+    def condition_retrieval(self):
+        return hasattr(self, "retrieval")
 
 
 def level_logits_per_patch(seg_logits):
@@ -82,7 +95,11 @@ def run_study(agents: Agents, items):
 
 def load_agents(state):
     """Agents from a checkpoint's state dict (strict: the architecture and
-    the checkpoint must match)."""
-    agents = Agents()
+    the checkpoint must match; a checkpoint without the full-resolution
+    refinement makes agents without it)."""
+    agents = Agents(
+        full_res=any(k.startswith("slice.refine.") for k in state),
+        condition_retrieval=any(k.startswith("retrieval.") for k in state),
+    )
     agents.load_state_dict(state)
     return agents

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::bundle::{Bundle, BundleError};
+use crate::bundle::{Bundle, BundleError, Dim};
 use crate::model::{Model, ModelError, SessionOptions};
 use crate::npy::{self, ArrayF32};
 use crate::runtime::Runtime;
@@ -405,14 +405,28 @@ impl SpineModels {
                 "retrieval index and reports differ in length".into(),
             ));
         }
+        let (patient, conditions) = (load("patient")?, load("conditions")?);
+        // The index must be in the space of the embedding that queries it.
+        let query = [&conditions, &patient]
+            .into_iter()
+            .find_map(|m| m.spec.outputs.iter().find(|t| t.name == "retrieval"));
+        let rows = index.shape.get(1).copied().unwrap_or(0);
+        if let Some(Dim::Fixed(width)) = query.and_then(|t| t.shape.last())
+            && rows as i64 != *width
+        {
+            return Err(AnalysisError::Data(format!(
+                "{}: retrieval index rows are {rows} wide, the retrieval embedding {width}",
+                dir.display()
+            )));
+        }
         Ok(SpineModels {
             encoder_t1: load("encoder_t1")?,
             encoder_t2: load("encoder_t2")?,
             synthesizer: load("synthesizer")?,
             slice_agents: load("slice_agents")?,
             series_pool: load("series_pool")?,
-            patient: load("patient")?,
-            conditions: load("conditions")?,
+            patient,
+            conditions,
             report_projector: load("report_projector").ok(),
             index,
             cases,
@@ -661,7 +675,14 @@ impl SpineModels {
             })
             .collect();
         let (findings, probabilities, graded) = self.read_conditions(&conditions, &covered, threshold);
-        let similar_cases = self.similar(&patient[1].data, 3);
+        // The query: the condition agents' retrieval embedding where the
+        // bundle has one (0.5.0 on), else the patient embedding's projection;
+        // the bundle's index is in the same space.
+        let query = match self.output_index(&self.conditions, "retrieval") {
+            Some(i) => &conditions[i].data,
+            None => &patient[1].data,
+        };
+        let similar_cases = self.similar(query, 3);
         let mut analysis = StudyAnalysis {
             synthetic_model: true,
             bundle: format!("{} {}", self.bundle.manifest.name, self.bundle.manifest.version),
@@ -866,8 +887,16 @@ impl SpineModels {
     }
 
     /// Nearest reference cases by cosine similarity (both sides unit vectors).
+    /// Where the model's output `name` is among its outputs, if it has one.
+    fn output_index(&self, model: &Model, name: &str) -> Option<usize> {
+        model.spec.outputs.iter().position(|t| t.name == name)
+    }
+
     fn similar(&self, query: &[f32], k: usize) -> Vec<SimilarCase> {
         let dim = query.len();
+        if dim == 0 {
+            return Vec::new();
+        }
         let mut scored: Vec<(usize, f32)> = self
             .index
             .data

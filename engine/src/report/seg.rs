@@ -1,7 +1,7 @@
 //! The DICOM Segmentation (BINARY) of one analyzed series: a segment per
 //! anatomy and lesion class the segmentation agent found, one frame per
 //! segment and slice that holds it, each frame on its source slice's
-//! geometry (the mask cells, 64 x 64 per slice with bundle 0.3.0, mapped
+//! geometry (the mask cells, 128 x 128 per slice since bundle 0.5.0, mapped
 //! back through the preprocessing geometry to the source pixel grid) and
 //! referencing that slice.
 
