@@ -77,7 +77,10 @@ def analyze(bundle, families, threads, files):
             onehot[:, synth.index(family)] = 1
             cls, patches = s["synthesizer"].run(None, {"pixels": x, "family": onehot})
         rec = cls if family == "t2" else s["encoder_t2"].run(None, {"pixels": x})[0]
-        seg, _ = s["slice_agents"].run(None, {"patches": patches, "rec_cls": rec})
+        feeds = {"patches": patches, "rec_cls": rec}
+        if "pixels" in {i.name for i in s["slice_agents"].get_inputs()}:  # since bundle 0.3.0: channel 0
+            feeds["pixels"] = np.ascontiguousarray(x[:, :1])
+        seg, _ = s["slice_agents"].run(None, feeds)
         emb, _, feats, mass = s["series_pool"].run(None, {"cls": cls, "patches": patches, "segmentation": seg})
         name = ("sagittal_t1" if family == "t1" else "sagittal_t2" if family == "t2" else "sagittal_other") \
             if plane == "sagittal" else ("axial_t2" if family == "t2" else "axial_other")
