@@ -173,10 +173,13 @@ def condition_targets(studies):
 
 
 def condition_losses(agents, level_features, slot_mask, t):
-    """level_features [B,SLOTS,LV,D], slot_mask [B,SLOTS]; t: condition_targets rows of the batch."""
+    """level_features [B,SLOTS,LV,D], slot_mask [B,SLOTS]; t: condition_targets rows of the batch.
+    -> (presence loss, side + severity + graded loss): the two parts have
+    their own parameters (the linear evidence model and prior; the MLP)."""
     presence, side, severity, graded = agents.conditions(level_features, slot_mask)
     bce = F.binary_cross_entropy_with_logits(presence, t["presence"], pos_weight=torch.tensor(20.0), reduction="none")
-    loss = (bce * t["mask"]).sum() / t["mask"].sum().clamp(min=1)
+    presence_loss = (bce * t["mask"]).sum() / t["mask"].sum().clamp(min=1)
+    loss = presence_loss * 0
     m = t["side"] >= 0
     if m.any():
         loss = loss + F.cross_entropy(side[m], t["side"][m])
@@ -186,7 +189,12 @@ def condition_losses(agents, level_features, slot_mask, t):
     m = t["graded"] >= 0
     if m.any():
         loss = loss + F.cross_entropy(graded[m], t["graded"][m], weight=GRADE_WEIGHT)
-    return loss
+    return presence_loss, loss
+
+
+# The presence model's own parameters (ConditionAgents: linear evidence
+# weights and the position prior); everything else in B1 is the MLP's.
+PRESENCE_PARAMETERS = ("conditions.evidence_weight", "conditions.prior")
 
 
 def slot_sums(stats):
@@ -342,38 +350,48 @@ def study_stats(agents, studies, feats):
 def train_condition_agents(agents, train, stats, val, val_stats, minutes, batch=32, lr=1e-3, label=""):
     """Stage B1: the condition agents (and the patch feature compression)
     on precomputed slot sums: milliseconds per step, so tens of thousands
-    of study samples fit in minutes. The state with the lowest validation
-    loss (checked every 100 steps) is kept."""
+    of study samples fit in minutes. Checked on validation every 100 steps,
+    each part keeps its own best state: the presence model (linear, 31
+    weights per condition) the one with the lowest validation presence
+    loss, the MLP (side, severity, graded task) the one with the lowest
+    validation loss of those. Up to 0.5.0 one state was kept for the sum;
+    the MLP overfits within a few hundred steps, so presence stopped there
+    too, barely trained (probabilities bunched near 0.5)."""
     sums = [torch.stack(t) for t in zip(*(slot_sums(s) for s in stats))]
     vsums = [torch.stack(t) for t in zip(*(slot_sums(s) for s in val_stats))]
     targets, vtargets = condition_targets(train), condition_targets(val)
     params = list(agents.conditions.parameters()) + list(agents.series.compress.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
-    best, best_state = float("inf"), None
+    best = {"presence": (float("inf"), None, 0), "rest": (float("inf"), None, 0)}
     deadline, started, step = time.time() + minutes * 60, time.time(), 0
     while time.time() < deadline:
         cosine_lr(opt, lr, (time.time() - started) / (minutes * 60))
         idx = torch.randint(len(train), (batch,))
         lf, sm = level_features_of(agents, *(x[idx] for x in sums))
-        loss = condition_losses(agents, lf, sm, {k: v[idx] for k, v in targets.items()})
-        optimizer_step(opt, loss, params)
+        presence_loss, rest_loss = condition_losses(agents, lf, sm, {k: v[idx] for k, v in targets.items()})
+        optimizer_step(opt, presence_loss + rest_loss, params)
         step += 1
         if step % 100 == 0:
             agents.conditions.eval()  # no dropout
             with torch.no_grad():
-                vl = condition_losses(agents, *level_features_of(agents, *vsums), vtargets).item()
+                vp, vr = (x.item() for x in condition_losses(agents, *level_features_of(agents, *vsums), vtargets))
             agents.conditions.train()
-            if vl < best:
-                best = vl
-                best_state = {k: v.clone() for k, v in agents.state_dict().items() if not k.startswith("slice.")}
+            for part, value in (("presence", vp), ("rest", vr)):
+                if value < best[part][0]:
+                    keep = lambda k: k.startswith(PRESENCE_PARAMETERS) == (part == "presence")  # noqa: E731
+                    state = {k: v.clone() for k, v in agents.state_dict().items()
+                             if k.startswith(("conditions.", "series.compress.")) and keep(k)}  # fmt: skip
+                    best[part] = (value, state, step)
             if step % 1000 == 0:
                 print(
-                    f"{label} condition step {step} {time.time() - started:.0f}s loss {loss.item():.3f} "
-                    f"validation {vl:.3f} (best {best:.3f})",
+                    f"{label} condition step {step} {time.time() - started:.0f}s validation presence {vp:.3f} "
+                    f"(best {best['presence'][0]:.3f} at {best['presence'][2]}), rest {vr:.3f} "
+                    f"(best {best['rest'][0]:.3f} at {best['rest'][2]})",
                     flush=True,
                 )
-    if best_state is not None:
-        agents.load_state_dict(best_state, strict=False)
+    for _, state, _ in best.values():
+        if state is not None:
+            agents.load_state_dict(state, strict=False)
     return step
 
 

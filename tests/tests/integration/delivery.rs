@@ -131,8 +131,7 @@ fn reports_reach_orthanc_with_their_coded_findings_and_skipped_series() {
     // Whether the findings are the phantom's (the forced herniation at
     // L4-L5 left, the hemangioma at L2) is the model's quality, not
     // delivery's: analysis.rs checks it (ignored while the SYNTHETIC bundle
-    // misses them; 0.5.0 ranks L2 first for hemangioma at probability 0.39,
-    // under its 0.5 threshold). Here: the study had findings to deliver.
+    // misses some of them). Here: the study had findings to deliver.
     assert!(!findings.is_empty(), "no findings to check delivery with:\n{dump}");
     // The brain series and the localizer were skipped and are named.
     assert!(dump.contains("Series not analyzed"), "{dump}");
