@@ -80,8 +80,12 @@ def analyze(bundle, families, threads, files):
         feeds = {"patches": patches, "rec_cls": rec}
         if "pixels" in {i.name for i in s["slice_agents"].get_inputs()}:  # since bundle 0.3.0: channel 0
             feeds["pixels"] = np.ascontiguousarray(x[:, :1])
-        seg, _ = s["slice_agents"].run(None, feeds)
-        emb, _, feats, mass = s["series_pool"].run(None, {"cls": cls, "patches": patches, "segmentation": seg})
+        agent_out = dict(zip([o.name for o in s["slice_agents"].get_outputs()], s["slice_agents"].run(None, feeds)))
+        # Since bundle 0.6.0 the series pool reads the slice agents' per-slice
+        # maps; before, the whole segmentation.
+        pool_feeds = {"cls": cls, "patches": patches}
+        pool_feeds.update({i.name: agent_out[i.name] for i in s["series_pool"].get_inputs() if i.name in agent_out})
+        emb, _, feats, mass = s["series_pool"].run(None, pool_feeds)
         name = ("sagittal_t1" if family == "t1" else "sagittal_t2" if family == "t2" else "sagittal_other") \
             if plane == "sagittal" else ("axial_t2" if family == "t2" else "axial_other")
         k = slots.index(name)

@@ -121,6 +121,34 @@ def condition_metrics(rows):
     return per
 
 
+def localization(rows):
+    """Where the agents put a finding, on studies that have it: the level
+    (the condition's most probable position among those the study shows is
+    the finding's own, on studies with exactly one finding of it there) and
+    the side (the most probable side at the finding's position is its own,
+    for findings on the left or right). What the product's test asks of a
+    herniation at L4-L5 on the left."""
+    level_hit = level_n = side_hit = side_n = 0
+    for r in rows:
+        p, side, _, _ = finding_targets(r["study"]["truth"])
+        cov = covered_positions(r["study"])
+        for c, name in enumerate(L.CONDITIONS):
+            where = np.nonzero(p[:, c] * cov)[0]
+            if len(where) == 1:
+                valid = cov & np.array(L.valid_positions(name))
+                scores = np.where(valid, r["presence"][:, c], -1.0)
+                level_n += 1
+                level_hit += int(scores.argmax() == where[0])
+            for pos in where:
+                if side[pos, c] in (L.SIDES.index("left"), L.SIDES.index("right")):
+                    side_n += 1
+                    side_hit += int(r["side"][pos, c].argmax() == side[pos, c])
+    return {
+        "level_top1": [level_hit / level_n if level_n else None, level_n],
+        "side": [side_hit / side_n if side_n else None, side_n],
+    }
+
+
 def mean_of(per, key, names=None):
     vals = [v[key] for k, v in per.items() if v[key] is not None and (names is None or k in names)]
     return (float(np.mean(vals)) if vals else None), len(vals)
@@ -256,6 +284,7 @@ def main():
             "mean_level_auprc": mean_of(cond, "level_auprc"),
             "rsna_weighted_log_loss": rsna_log_loss(rows),
             "slice_selection_within_1": [sel, sel_n],
+            "localization": localization(rows),
             "recognition_accuracy": [rec_acc, rec_n],
             "dice": dice(rows),
             "retrieval": recall(rows, agents, "condition_retrieval" if agents.condition_retrieval else "retrieval"),
@@ -322,6 +351,10 @@ def write_report(path, results, ck):
             f"- Slice selection (most attended slice within one slice of a slice showing a finding):"
             f" **{fmt(sel)}** over {seln} series.",
             f"- Sequence/plane recognition from pixels: {fmt(acc)} of {accn} series stacks.",
+            f"- Localization: the most probable level is the finding's own for {fmt(r['localization']['level_top1'][0])}"
+            f" of {r['localization']['level_top1'][1]} findings (the only one of its condition in the study);"
+            f" the most probable side is its own for {fmt(r['localization']['side'][0])}"
+            f" of {r['localization']['side'][1]} findings on the left or right.",
             f"- Retrieval among {r['retrieval']['candidates']} studies: image to report "
             + ", ".join(f"{k} {fmt(v, 2)}" for k, v in r["retrieval"]["image_to_report"].items())
             + "; report to image "

@@ -21,11 +21,11 @@ import torch.nn.functional as F
 
 from spinefm import labels as L
 from spinefm.data import RESIZE
-from spinefm.model import GRID, IMAGE, WIDTH, Encoder, SliceAgents, Synthesizer, flops_per_slice
+from spinefm.model import GRID, IMAGE, WIDTH, Encoder, SeriesPool, SliceAgents, Synthesizer, flops_per_slice
 from spinefm.pipeline import Agents, load_agents
 from train_agents import as_float, load_encoder
 
-VERSION = "0.5.0"
+VERSION = "0.6.0"
 
 
 def fold_channels(encoder):
@@ -48,7 +48,7 @@ class SliceAgentsExport(nn.Module):
 
     def forward(self, patches, rec_cls, pixels):
         seg, _ = self.a(rec_cls, patches, pixels)
-        return seg, self.a.recognize(rec_cls)
+        return (seg, self.a.recognize(rec_cls), *SeriesPool.slice_maps(seg, GRID))
 
 
 class SeriesPoolExport(nn.Module):
@@ -56,8 +56,8 @@ class SeriesPoolExport(nn.Module):
         super().__init__()
         self.a = agents.series
 
-    def forward(self, cls, patches, segmentation):
-        return self.a(cls, patches, segmentation)
+    def forward(self, cls, patches, level_patches, level_cells, lesion_cells):
+        return self.a(cls, patches, level_patches, level_cells, lesion_cells)
 
 
 class PatientExport(nn.Module):
@@ -288,24 +288,30 @@ def main():
         cls, patches = t2(px[:1])
     px0 = px[:1, :1].contiguous()
     seg_side = IMAGE if agents.slice.full_res else SliceAgents.OUT
+    cells = SeriesPool.CELLS**2
+    maps = {"level_patches": ["slices", LV, N], "level_cells": ["slices", LV, cells],
+            "lesion_cells": ["slices", len(L.LESION), cells]}  # fmt: skip
     models.append(
         export(
             SliceAgentsExport(agents), "slice_agents", [patches, cls, px0], ["patches", "rec_cls", "pixels"],
-            ["segmentation", "recognition"],
-            {"patches": ["slices", N, D], "rec_cls": ["slices", D], "pixels": ["slices", 1, IMAGE, IMAGE],
-             "segmentation": ["slices", seg_k, seg_side, seg_side],
-             "recognition": ["slices", len(L.FAMILIES) + len(L.PLANES) + len(L.REGIONS)]},
+            ["segmentation", "recognition", "level_patches", "level_cells", "lesion_cells"],
+            dict(maps, patches=["slices", N, D], rec_cls=["slices", D], pixels=["slices", 1, IMAGE, IMAGE],
+                 segmentation=["slices", seg_k, seg_side, seg_side],
+                 recognition=["slices", len(L.FAMILIES) + len(L.PLANES) + len(L.REGIONS)]),
             args.out,
         )
     )  # fmt: skip
+    # The series pool's golden input: both slices' maps (0.2 MB each).
     with torch.no_grad():
-        seg, _ = agents.slice(cls, patches, px0)
+        cls2, patches2 = t2(px)
+        maps2 = SeriesPool.slice_maps(agents.slice(cls2, patches2, px[:, :1].contiguous())[0], GRID)
     models.append(
         export(
-            SeriesPoolExport(agents), "series_pool", [cls, patches, seg], ["cls", "patches", "segmentation"],
+            SeriesPoolExport(agents), "series_pool", [cls2, patches2, *maps2],
+            ["cls", "patches", "level_patches", "level_cells", "lesion_cells"],
             ["series", "attention", "level_features", "level_mass"],
-            {"cls": ["slices", D], "patches": ["slices", N, D], "segmentation": ["slices", seg_k, seg_side, seg_side],
-             "series": [D], "attention": ["slices"], "level_features": [LV, D], "level_mass": [LV]},
+            dict(maps, cls=["slices", D], patches=["slices", N, D], series=[D], attention=["slices"],
+                 level_features=[LV, D], level_mass=[LV]),
             args.out,
         )
     )  # fmt: skip

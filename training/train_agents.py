@@ -174,27 +174,42 @@ def condition_targets(studies):
 
 def condition_losses(agents, level_features, slot_mask, t):
     """level_features [B,SLOTS,LV,D], slot_mask [B,SLOTS]; t: condition_targets rows of the batch.
-    -> (presence loss, side + severity + graded loss): the two parts have
-    their own parameters (the linear evidence model and prior; the MLP)."""
+    -> {part: loss} for the parts of B1 that have their own parameters
+    (B1_PARTS): presence (the linear evidence model and prior), the side
+    of conditions whose lesion has one (its linear model), and the rest
+    (the MLP: side of the others, severity, graded task)."""
     presence, side, severity, graded = agents.conditions(level_features, slot_mask)
     bce = F.binary_cross_entropy_with_logits(presence, t["presence"], pos_weight=torch.tensor(20.0), reduction="none")
     presence_loss = (bce * t["mask"]).sum() / t["mask"].sum().clamp(min=1)
-    loss = presence_loss * 0
-    m = t["side"] >= 0
+    zero = presence_loss * 0
+    lateral = agents.conditions.has_side.bool()[None, None, :].expand_as(t["side"])
+    side_loss, rest = zero, zero
+    m = (t["side"] >= 0) & lateral
     if m.any():
-        loss = loss + F.cross_entropy(side[m], t["side"][m])
+        side_loss = F.cross_entropy(side[m], t["side"][m])
+    m = (t["side"] >= 0) & ~lateral
+    if m.any():
+        rest = rest + F.cross_entropy(side[m], t["side"][m])
     m = t["severity"] >= 0
     if m.any():
-        loss = loss + F.cross_entropy(severity[m], t["severity"][m])
+        rest = rest + F.cross_entropy(severity[m], t["severity"][m])
     m = t["graded"] >= 0
     if m.any():
-        loss = loss + F.cross_entropy(graded[m], t["graded"][m], weight=GRADE_WEIGHT)
-    return presence_loss, loss
+        rest = rest + F.cross_entropy(graded[m], t["graded"][m], weight=GRADE_WEIGHT)
+    return {"presence": presence_loss, "side": side_loss, "rest": rest}
 
 
-# The presence model's own parameters (ConditionAgents: linear evidence
-# weights and the position prior); everything else in B1 is the MLP's.
-PRESENCE_PARAMETERS = ("conditions.evidence_weight", "conditions.prior")
+# B1's parts with their own parameters (ConditionAgents), each kept at its
+# own best validation state; "rest" is every other B1 parameter (the MLP
+# and the patch feature compression).
+B1_PARTS = {
+    "presence": ("conditions.evidence_weight", "conditions.prior"),
+    "side": ("conditions.side_weight", "conditions.side_bias"),
+}
+
+
+def b1_part_of(name):
+    return next((part for part, prefixes in B1_PARTS.items() if name.startswith(prefixes)), "rest")
 
 
 def slot_sums(stats):
@@ -351,42 +366,42 @@ def train_condition_agents(agents, train, stats, val, val_stats, minutes, batch=
     """Stage B1: the condition agents (and the patch feature compression)
     on precomputed slot sums: milliseconds per step, so tens of thousands
     of study samples fit in minutes. Checked on validation every 100 steps,
-    each part keeps its own best state: the presence model (linear, 31
-    weights per condition) the one with the lowest validation presence
-    loss, the MLP (side, severity, graded task) the one with the lowest
-    validation loss of those. Up to 0.5.0 one state was kept for the sum;
-    the MLP overfits within a few hundred steps, so presence stopped there
-    too, barely trained (probabilities bunched near 0.5)."""
+    each part keeps its own best state (B1_PARTS): the presence model
+    (linear, 35 weights per condition) the one with the lowest validation
+    presence loss, the side model of lateral conditions (linear) the one
+    with the lowest validation loss of those sides, the MLP (other sides,
+    severity, graded task) the one with the lowest validation loss of
+    those. Up to 0.5.0 one state was kept for the sum; the MLP overfits
+    within a few hundred steps, so presence stopped there too, barely
+    trained (probabilities bunched near 0.5)."""
     sums = [torch.stack(t) for t in zip(*(slot_sums(s) for s in stats))]
     vsums = [torch.stack(t) for t in zip(*(slot_sums(s) for s in val_stats))]
     targets, vtargets = condition_targets(train), condition_targets(val)
     params = list(agents.conditions.parameters()) + list(agents.series.compress.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
-    best = {"presence": (float("inf"), None, 0), "rest": (float("inf"), None, 0)}
+    best = {part: (float("inf"), None, 0) for part in (*B1_PARTS, "rest")}
     deadline, started, step = time.time() + minutes * 60, time.time(), 0
     while time.time() < deadline:
         cosine_lr(opt, lr, (time.time() - started) / (minutes * 60))
         idx = torch.randint(len(train), (batch,))
         lf, sm = level_features_of(agents, *(x[idx] for x in sums))
-        presence_loss, rest_loss = condition_losses(agents, lf, sm, {k: v[idx] for k, v in targets.items()})
-        optimizer_step(opt, presence_loss + rest_loss, params)
+        losses = condition_losses(agents, lf, sm, {k: v[idx] for k, v in targets.items()})
+        optimizer_step(opt, sum(losses.values()), params)
         step += 1
         if step % 100 == 0:
             agents.conditions.eval()  # no dropout
             with torch.no_grad():
-                vp, vr = (x.item() for x in condition_losses(agents, *level_features_of(agents, *vsums), vtargets))
+                val = {k: v.item() for k, v in condition_losses(agents, *level_features_of(agents, *vsums), vtargets).items()}
             agents.conditions.train()
-            for part, value in (("presence", vp), ("rest", vr)):
+            for part, value in val.items():
                 if value < best[part][0]:
-                    keep = lambda k: k.startswith(PRESENCE_PARAMETERS) == (part == "presence")  # noqa: E731
                     state = {k: v.clone() for k, v in agents.state_dict().items()
-                             if k.startswith(("conditions.", "series.compress.")) and keep(k)}  # fmt: skip
+                             if k.startswith(("conditions.", "series.compress.")) and b1_part_of(k) == part}  # fmt: skip
                     best[part] = (value, state, step)
             if step % 1000 == 0:
                 print(
-                    f"{label} condition step {step} {time.time() - started:.0f}s validation presence {vp:.3f} "
-                    f"(best {best['presence'][0]:.3f} at {best['presence'][2]}), rest {vr:.3f} "
-                    f"(best {best['rest'][0]:.3f} at {best['rest'][2]})",
+                    f"{label} condition step {step} {time.time() - started:.0f}s validation "
+                    + ", ".join(f"{p} {val[p]:.3f} (best {best[p][0]:.3f} at {best[p][2]})" for p in best),
                     flush=True,
                 )
     for _, state, _ in best.values():
@@ -488,7 +503,7 @@ def train_retrieval(agents, train, stats, val, val_stats, minutes, batch=32, lr=
 
 def train_agents(
     agents, train, feats, val, val_feats, slice_minutes, condition_minutes, study_minutes, label="", earlier=None,
-    slice_continue=False, retrieval_minutes=2,
+    slice_continue=False, retrieval_minutes=2, stats_cache=None,
 ):
     """Stage A, then B1 and B2. `earlier`: an earlier run's agents (same
     features) whose slice agents are taken instead of stage A (or, with
@@ -506,9 +521,17 @@ def train_agents(
     else:
         s1 = train_slice_agents(agents, train, feats, slice_minutes, label=label)
     started = time.time()
-    stats = study_stats(agents, train, feats)
-    val_stats = study_stats(agents, val, val_feats)
-    print(f"{label} series stats in {time.time() - started:.0f}s", flush=True)
+    # Stats depend on the slice agents only: with stage A skipped they can
+    # come from an earlier run on the same slice agents (`stats_cache`).
+    cached = stats_cache and s1 == 0 and os.path.exists(stats_cache)
+    if cached:
+        stats, val_stats = torch.load(stats_cache, weights_only=False)
+    else:
+        stats = study_stats(agents, train, feats)
+        val_stats = study_stats(agents, val, val_feats)
+        if stats_cache and s1 == 0:
+            torch.save((stats, val_stats), stats_cache)
+    print(f"{label} series stats in {time.time() - started:.0f}s{' (cached)' if cached else ''}", flush=True)
     s2 = train_condition_agents(agents, train, stats, val, val_stats, condition_minutes, label=label)
     s3 = train_study_agents(agents, train, stats, study_minutes, label=label)
     s4 = train_retrieval(agents, train, stats, val, val_stats, retrieval_minutes, label=label)
@@ -545,6 +568,12 @@ def main():
     ap.add_argument(
         "--keep-ablation", action="store_true",
         help="with --slice-from: take its ablation agents as they are (when only the main agents' later stages change)",
+    )
+    ap.add_argument(
+        "--stats-cache",
+        help="with --slice-from and no stage A: a directory for the series stats of those slice agents "
+        "(computed once, about 6 minutes each for the agents and the ablation; a file per --slice-from; "
+        "delete it when SeriesPool.level_stats changes)",
     )
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
@@ -586,12 +615,19 @@ def main():
         attach_pixels(cache[split], ablation[split])
     pick = lambda a, b: a if a is not None else b  # noqa: E731
     earlier = torch.load(args.slice_from, weights_only=False) if args.slice_from else None
+
+    def stats_file(label):
+        """The stats cache of `label`'s slice agents (those of --slice-from)."""
+        if not (args.stats_cache and args.slice_from):
+            return None
+        os.makedirs(args.stats_cache, exist_ok=True)
+        return os.path.join(args.stats_cache, f"{os.path.basename(args.slice_from)}.{label}.stats.pt")
     agents = Agents()
     steps = train_agents(
         agents, cache["train"], feats["train"], cache["validation"], feats["validation"],
         args.slice_minutes, args.condition_minutes, args.study_minutes, label="agents",
         earlier=earlier["agents"] if earlier else None, slice_continue=args.slice_continue,
-        retrieval_minutes=args.retrieval_minutes,
+        retrieval_minutes=args.retrieval_minutes, stats_cache=stats_file("agents"),
     )  # fmt: skip
     agents_ablation = Agents()
     # A checkpoint restored from a bundle has no ablation agents: the
@@ -613,7 +649,7 @@ def main():
             pick(args.ablation_condition_minutes, args.condition_minutes),
             pick(args.ablation_study_minutes, args.study_minutes),
             label="ablation", earlier=ablation_start, slice_continue=args.slice_continue,
-            retrieval_minutes=args.retrieval_minutes,
+            retrieval_minutes=args.retrieval_minutes, stats_cache=stats_file("ablation"),
         )  # fmt: skip
     if earlier:  # stage A and B2 start from the earlier run's weights: their steps add up
         pairs = [(steps, earlier["steps"]["agents"])]

@@ -302,14 +302,15 @@ pub struct EngineConfig {
     /// TensorRT FP16.
     #[serde(default)]
     pub fp16: bool,
-    /// Slice encodings kept while their study is still arriving (about
-    /// 97 KB each with the default bundle, the first pixel channel included); 0 = encode at completion only.
+    /// Slice encodings and slice agents' results kept while their study is
+    /// still arriving (about 0.27 MB each with the default bundle 0.6.0);
+    /// 0 = everything at completion.
     #[serde(default = "default_stream_cache")]
     pub stream_cache_slices: usize,
 }
 
 fn default_stream_cache() -> usize {
-    8192
+    4096
 }
 
 fn default_providers() -> Vec<String> {

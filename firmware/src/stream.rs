@@ -1,9 +1,11 @@
 //! Work while the study is still arriving: every stored instance of a
 //! series the models take is decoded, preprocessed and encoded (its own
 //! encoder, or the synthesizer) as soon as it is durable, in small batches,
-//! and the per-slice encodings wait in an [`EncodeCache`]. When the study
-//! completes, the report stage finds its slices encoded and runs only the
-//! pooling, the agents, retrieval and the report.
+//! and with a bundle whose slice agents reduce each slice (0.6.0 on) goes
+//! through the slice agents too; the per-slice results wait in an
+//! [`EncodeCache`]. When the study completes, the report stage finds its
+//! slices done and runs only the series pooling, the study-level agents,
+//! retrieval and the report.
 //!
 //! The cache is an accelerator, never a source of truth: a slice missing
 //! from it (the daemon restarted, the cache was full, the instance was
@@ -223,6 +225,7 @@ mod tests {
             patches: a(vec![1, 3, 2]),
             rec_cls: a(vec![1, 2]),
             pixels: a(vec![1, 1, 2, 2]),
+            agents: None,
         }
     }
 

@@ -63,6 +63,10 @@ LESION_OF_CONDITION = {
     "subarticular_stenosis": "subarticular_stenosis", "synovial_cyst": "facet_synovial_cyst",
     "disc_degeneration": "degenerated_disc", "cord_signal": "cord_signal_abnormality",
 }  # fmt: skip
+# Lesions with a side (left, right, both or central), all at a disc: the
+# series pool measures which half of the patient they are in.
+LATERAL_LESIONS = ["disc_herniation", "facet_synovial_cyst", "neural_foraminal_stenosis", "subarticular_stenosis"]
+LATERAL_INDEX = [LESION.index(n) for n in LATERAL_LESIONS]
 # Where each condition is reported: at a disc level or a vertebra.
 CONDITION_KINDS = {
     "canal_stenosis": "disc", "pars_defect": "vertebra", "cord_compression": "disc",

@@ -293,9 +293,17 @@ class SeriesPool(nn.Module):
     evidence at that level as it is (mean and peak probability of each
     lesion class inside the level, from the segmentation's lesion and level
     maps), so the condition agents read a small lesion directly instead of
-    through a mean over the whole vertebra."""
+    through a mean over the whole vertebra.
 
-    EVIDENCE = 2 * len(L.LESION)
+    Bundle 0.6.0 adds where a lesion lies (`disc_evidence`): its peak at
+    the disc below each vertebra (next to the boundary between the two
+    vertebrae's labels), and for the lesions that have a side, which half
+    of the patient it is in. A vertebra's level label covers half of each
+    neighbouring disc, so up to 0.5.0 a fragment that had migrated into
+    the lower half of the L4-L5 disc read as L5's and the agents put it at
+    L5-S1; and nothing in the features said left from right."""
+
+    EVIDENCE = 3 * len(L.LESION) + 2 * len(L.LATERAL_LESIONS)
 
     def __init__(self, dim=WIDTH):
         super().__init__()
@@ -303,25 +311,83 @@ class SeriesPool(nn.Module):
         self.mix = nn.Linear(2 * dim, dim)
         self.compress = nn.Linear(dim, dim - self.EVIDENCE)
 
+    CELLS = 32  # lesion evidence grid per slice side
+
     @staticmethod
     def level_stats(patches, segmentation):
         """Parameter-free part. patches [S,N,D], segmentation [S,K,H,W] ->
         patch features per level [LV,D], level mass [LV], lesion evidence
-        per level [LV, 2*LESION] (mean, peak)."""
+        per level [LV, EVIDENCE]."""
+        g = int(round(math.sqrt(patches.shape[1])))
+        return SeriesPool.stats_from_maps(patches, *SeriesPool.slice_maps(segmentation, g))
+
+    @staticmethod
+    def slice_maps(segmentation, grid):
+        """What the level statistics need of each slice's segmentation,
+        reduced slice by slice: level probabilities per patch [S,LV,N] and
+        per cell of a 32 x 32 grid [S,LV,M] (averaged), lesion probabilities
+        per cell [S,LES,M] (max-pooled: a one-cell lesion must survive).
+        The slice agents output these (0.6.0), so the engine can reduce
+        each slice as it arrives and keep 0.2 MB of it instead of 3.9 MB
+        of logits until the series is complete."""
         a, les = len(L.ANATOMY), len(L.LESION)
         level = segmentation[:, a + les :]
-        g = int(round(math.sqrt(patches.shape[1])))
-        probs = F.adaptive_avg_pool2d(level, g).flatten(2).softmax(dim=1)  # [S, LV, N]
+        cells = SeriesPool.CELLS
+        level_patches = F.adaptive_avg_pool2d(level, grid).flatten(2).softmax(dim=1)
+        level_cells = F.adaptive_avg_pool2d(level.softmax(dim=1), cells).flatten(2)
+        lesion_cells = F.adaptive_max_pool2d(segmentation[:, a : a + les].softmax(dim=1), cells).flatten(2)
+        return level_patches, level_cells, lesion_cells
+
+    @staticmethod
+    def stats_from_maps(patches, level_patches, level_cells, lesion_cells):
+        """The series part of `level_stats`, from `slice_maps`."""
+        probs, lp, ep = level_patches, level_cells, lesion_cells
         mass = probs.sum(dim=(0, 2))  # [LV]
         feats = torch.einsum("svn,snd->vd", probs, patches) / (mass.unsqueeze(-1) + 1e-3)
-        # Lesion evidence on a 32 x 32 grid: level probabilities averaged,
-        # lesion probabilities max-pooled (a one-cell lesion must survive).
-        cells = 32
-        lp = F.adaptive_avg_pool2d(level.softmax(dim=1), cells).flatten(2)  # [S, LV, M]
-        ep = F.adaptive_max_pool2d(segmentation[:, a : a + les].softmax(dim=1), cells).flatten(2)  # [S, LES, M]
         mean = torch.einsum("svm,slm->vl", lp, ep) / (lp.sum(dim=(0, 2)).unsqueeze(-1) + 1e-3)
         peak = (lp.unsqueeze(2) * ep.unsqueeze(1)).amax(dim=3).amax(dim=0)  # [LV, LES]
-        return feats, mass, torch.cat([mean, peak], dim=-1)
+        cells = SeriesPool.CELLS
+        disc = SeriesPool.disc_evidence(lp.reshape(*lp.shape[:2], cells, cells), ep.reshape(*ep.shape[:2], cells, cells))
+        return feats, mass, torch.cat([mean, peak, *disc], dim=-1)
+
+    @staticmethod
+    def disc_evidence(lp, ep):
+        """lp [S,LV,C,C] level probabilities, ep [S,LES,C,C] lesion
+        probabilities (max-pooled cells) -> per level row v, of the disc
+        between v and v + 1: lesion peak [LV, LES], and for the lateral
+        lesions the peak in the patient's left half minus the right half,
+        across the image [LV, LAT] and across the slices [LV, LAT].
+
+        A cell belongs to the disc as far as both vertebrae are around it:
+        2 sqrt(b_v b_v+1) of the level probabilities averaged over a window
+        of 5 slices x 3 rows (about 28 mm of a sagittal slice head to foot;
+        an axial block of a disc whole, so a fragment in its last slice
+        still counts). Sides follow the product's slice order and the
+        phantom's (and the usual scanners') direction cosines: an axial
+        image shows the patient's left on its right half; a sagittal stack
+        runs from the patient's left (first slices) to the right."""
+        s, lv, c, _ = lp.shape
+        # Zero padding and a count of the real cells in each window (the
+        # pooling's own padding refuses stacks shorter than the window).
+        x = F.pad(lp.permute(1, 0, 2, 3).unsqueeze(0), (0, 0, 1, 1, 2, 2))
+        count = F.pad(torch.ones_like(lp[:, :1].permute(1, 0, 2, 3).unsqueeze(0)), (0, 0, 1, 1, 2, 2))
+        window = lambda t: F.avg_pool3d(t, (5, 3, 1), stride=1)  # noqa: E731
+        blurred = (window(x) / window(count))[0].permute(1, 0, 2, 3)  # [S, LV, C, C]
+        below = torch.cat([blurred[:, 1:], torch.zeros_like(blurred[:, :1])], dim=1)
+        affinity = (2 * torch.sqrt(blurred * below + 1e-6)).clamp(max=1.0)
+        affinity = affinity * (torch.arange(lv) > 0).float()[None, :, None, None]  # not "outside"
+        joint = affinity.unsqueeze(2) * ep.unsqueeze(1)  # [S, LV, LES, C, C]
+        peak = joint.amax(dim=(0, 3, 4))
+        lat = joint[:, :, L.LATERAL_INDEX]  # [S, LV, LAT, C, C]
+        half = c // 2
+        across_image = lat[..., half:].amax(dim=(0, 3, 4)) - lat[..., :half].amax(dim=(0, 3, 4))
+        # Slices before the middle one against slices after it (the middle
+        # one, on the midline of an odd stack, is neither).
+        order = torch.arange(s, dtype=torch.float32) - (s - 1) / 2
+        first = (order < 0).float()[:, None, None, None, None]
+        last = (order > 0).float()[:, None, None, None, None]
+        across_slices = (lat * first).amax(dim=(0, 3, 4)) - (lat * last).amax(dim=(0, 3, 4))
+        return peak, across_image, across_slices
 
     def level_features(self, feats, lesion):
         """[.., LV, D] pooled patch features, [.., LV, EVIDENCE] -> [.., LV, D]."""
@@ -332,11 +398,11 @@ class SeriesPool(nn.Module):
         series, attn = self.pool(x.unsqueeze(0))
         return series[0], attn[0]
 
-    def forward(self, cls, patches, segmentation):
-        """cls [S,D], patches [S,N,D], segmentation [S,K,H,W] (slice agents) ->
+    def forward(self, cls, patches, level_patches, level_cells, lesion_cells):
+        """cls [S,D], patches [S,N,D], the slice agents' `slice_maps` ->
         series [D], attention [S], level_features [LV,D], level_mass [LV]."""
         series, attn = self.embed(cls, patches.mean(dim=1))
-        feats, mass, lesion = self.level_stats(patches, segmentation)
+        feats, mass, lesion = self.stats_from_maps(patches, level_patches, level_cells, lesion_cells)
         return series, attn, self.level_features(feats, lesion), mass
 
 
@@ -371,16 +437,19 @@ class ConditionAgents(nn.Module):
     condition's own lesion class (log mean and peak probability above and
     below the position, their minimum and maximum, per slot: a disc's lesion
     straddles the two vertebrae's level labels, so "both" marks the disc and
-    "one" its neighbour), plus a learned prior per position and condition.
-    Side, severity and the graded task come from an MLP over all the
-    features (dropout on its input). With 144 training studies an MLP
+    "one" its neighbour; and from 0.6.0 the peak at the position's own disc),
+    plus a learned prior per position and condition. Side, severity and the
+    graded task come from an MLP over all the features (dropout on its
+    input), except the side of conditions whose lesion has one: from 0.6.0
+    a linear model over which half of the patient that lesion is in. With 144 training studies an MLP
     presence term learned them by heart (training loss 0.03, validation
     7.8) and scored below the untrained lesion evidence (mean level AUROC
-    0.73 against 0.77 in-vendor); the linear evidence term has 31 weights
+    0.73 against 0.77 in-vendor); the linear evidence term has 35 weights
     per condition.
     """
 
-    EVIDENCE_FEATURES = 6
+    EVIDENCE_FEATURES = 7
+    SIDE_FEATURES = 2  # across the image, across the slices (per slot)
 
     def __init__(self, dim=WIDTH, hidden=192, dropout=0.5):
         super().__init__()
@@ -399,18 +468,45 @@ class ConditionAgents(nn.Module):
         self.register_buffer("lower", torch.tensor(b), persistent=False)
         les = [L.LESION.index(L.LESION_OF_CONDITION[c]) for c in L.CONDITIONS]
         self.register_buffer("lesion_of", torch.tensor(les), persistent=False)
+        # Side of the conditions whose lesion has one: a linear model over
+        # where that lesion lies (its left-minus-right features per slot)
+        # and a bias per condition, instead of the MLP. Its weights make
+        # three regions of the evidence: left, right, and near zero (both
+        # sides or central, where the bias of that class wins). The MLP
+        # learns 144 training studies by heart within a few hundred steps;
+        # these 33 weights per condition do not.
+        lat = [L.LATERAL_LESIONS.index(n) if n in L.LATERAL_LESIONS else 0 for n in (L.LESION_OF_CONDITION[c] for c in L.CONDITIONS)]
+        has = [float(L.LESION_OF_CONDITION[c] in L.LATERAL_LESIONS) for c in L.CONDITIONS]
+        self.register_buffer("lateral_of", torch.tensor(lat), persistent=False)
+        self.register_buffer("has_side", torch.tensor(has), persistent=False)
+        self.side_weight = nn.Parameter(torch.zeros(len(L.CONDITIONS), self.SIDE_FEATURES * slots, 3))
+        self.side_bias = nn.Parameter(torch.zeros(len(L.CONDITIONS), 3))
 
     def evidence(self, up, lo):
-        """up, lo [B,P,SLOTS,D] -> [B,P,C,6*SLOTS] evidence of each condition's lesion class."""
+        """up, lo [B,P,SLOTS,D] -> [B,P,C,7*SLOTS] evidence of each condition's
+        lesion class: mean and peak at the upper and lower vertebra, their
+        minimum and maximum, and the peak at the disc below the upper one
+        (a disc position's own disc)."""
         e, les = SeriesPool.EVIDENCE, len(L.LESION)
         off = up.shape[-1] - e
 
-        def pick(x, part):  # part 0 mean, 1 peak -> [B,P,SLOTS,C]
+        def pick(x, part):  # part 0 mean, 1 peak, 2 disc below -> [B,P,SLOTS,C]
             return torch.log(x[..., off + part * les + self.lesion_of].clamp(min=0) + 1e-3)
 
-        um, up_, lm, lp = pick(up, 0), pick(up, 1), pick(lo, 0), pick(lo, 1)
-        f = torch.stack([um, up_, lm, lp, torch.minimum(up_, lp), torch.maximum(up_, lp)], dim=-1)  # [B,P,S,C,6]
-        return f.permute(0, 1, 3, 2, 4).flatten(3)
+        um, up_, lm, lp, disc = pick(up, 0), pick(up, 1), pick(lo, 0), pick(lo, 1), pick(up, 2)
+        f = torch.stack([um, up_, lm, lp, torch.minimum(up_, lp), torch.maximum(up_, lp), disc], dim=-1)
+        return f.permute(0, 1, 3, 2, 4).flatten(3)  # [B,P,C,7*SLOTS]
+
+    def side_evidence(self, up):
+        """up [B,P,SLOTS,D] -> [B,P,C,2*SLOTS]: left minus right of each
+        condition's lesion at the disc below the upper vertebra, across the
+        image and across the slices; zero for conditions without a side."""
+        e, les, lat = SeriesPool.EVIDENCE, len(L.LESION), len(L.LATERAL_LESIONS)
+        base = up.shape[-1] - e + 3 * les
+        image = up[..., base + self.lateral_of]  # [B,P,SLOTS,C]
+        slices = up[..., base + lat + self.lateral_of]
+        f = torch.stack([image, slices], dim=-1).permute(0, 1, 3, 2, 4).flatten(3)
+        return f * self.has_side[:, None]
 
     def forward(self, level_features, slot_mask):
         """level_features [B,SLOTS,LV,D], slot_mask [B,SLOTS] ->
@@ -425,7 +521,10 @@ class ConditionAgents(nn.Module):
         h = self.trunk(self.reduce(self.drop(x)) + self.position)
         outs = torch.stack([head(h) for head in self.conditions], dim=2)  # [B,P,C,6]
         graded = self.graded(h).reshape(b, len(L.POSITIONS), len(L.GRADED), 3)
-        return presence, outs[..., :3], outs[..., 3:], graded
+        sm = slot_mask.repeat_interleave(self.SIDE_FEATURES, dim=1)[:, None, None, :]
+        lateral = torch.einsum("bpcf,cfk->bpck", self.side_evidence(up4) * sm, self.side_weight) + self.side_bias
+        side = torch.where(self.has_side[:, None] > 0, lateral, outs[..., :3])
+        return presence, side, outs[..., 3:], graded
 
 
 class ConditionRetrieval(nn.Module):

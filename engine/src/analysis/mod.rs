@@ -7,6 +7,7 @@
 //! `spineagent analyze --json` document, with the structured tokens the
 //! report stage reads.
 
+mod slices;
 mod tokens;
 
 use std::path::Path;
@@ -19,7 +20,10 @@ use crate::model::{Model, ModelError, SessionOptions};
 use crate::npy::{self, ArrayF32};
 use crate::runtime::Runtime;
 
+pub use slices::{EncodedSlices, PoolInput, SliceMasks, SliceResults};
 pub use tokens::structured_tokens;
+
+use slices::{first_channel, masks_of};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -42,102 +46,6 @@ pub const DEFAULT_THRESHOLD: f32 = 0.5;
 /// both of its vertebrae with at least this fraction of the best-covered
 /// vertebra's mass (soft masses: every level gets a little from the tails).
 const MIN_LEVEL_SHARE: f32 = 0.2;
-
-/// What the encoders make of slices, before any pooling: each slice's class
-/// token and patch tokens from its own path (T1/T2 encoder or synthesizer)
-/// and the T2 encoder's class token (recognition). Every slice is encoded
-/// on its own, so slices encoded one by one as they arrive and a whole stack
-/// encoded at once give the same numbers.
-#[derive(Debug, Clone)]
-pub struct EncodedSlices {
-    /// [n, width]
-    pub cls: ArrayF32,
-    /// [n, patches, width]
-    pub patches: ArrayF32,
-    /// [n, width]
-    pub rec_cls: ArrayF32,
-    /// [n, 1, crop, crop]: channel 0 of the preprocessed slices, which
-    /// slice agents with a convolutional stem read beside the tokens
-    /// (bundle 0.3.0 on); [n, 1, 0, 0] for slice agents that do not.
-    pub pixels: ArrayF32,
-}
-
-fn rows_of(a: &ArrayF32, range: std::ops::Range<usize>) -> ArrayF32 {
-    let per = a.shape[1..].iter().product::<usize>();
-    let mut shape = a.shape.clone();
-    shape[0] = range.len();
-    ArrayF32 {
-        shape,
-        data: a.data[range.start * per..range.end * per].to_vec(),
-    }
-}
-
-/// [n, c, h, w] -> [n, 1, h, w], channel 0.
-fn first_channel(a: &ArrayF32) -> ArrayF32 {
-    let n = a.shape.first().copied().unwrap_or(0);
-    let c = a.shape.get(1).copied().unwrap_or(1);
-    let plane: usize = a.shape.get(2..).map_or(0, |d| d.iter().product());
-    if a.shape.len() != 4 || a.data.len() < n * c * plane {
-        return ArrayF32 {
-            shape: vec![n, 1, 0, 0],
-            data: Vec::new(),
-        };
-    }
-    let mut data = Vec::with_capacity(n * plane);
-    for i in 0..n {
-        data.extend_from_slice(&a.data[i * c * plane..i * c * plane + plane]);
-    }
-    let mut shape = a.shape.clone();
-    shape[1] = 1;
-    ArrayF32 { shape, data }
-}
-
-fn concat_rows<'a>(parts: impl Iterator<Item = &'a ArrayF32>) -> Option<ArrayF32> {
-    let mut out: Option<ArrayF32> = None;
-    for p in parts {
-        match &mut out {
-            None => out = Some(p.clone()),
-            Some(o) => {
-                if o.shape[1..] != p.shape[1..] {
-                    return None;
-                }
-                o.shape[0] += p.shape[0];
-                o.data.extend_from_slice(&p.data);
-            }
-        }
-    }
-    out
-}
-
-impl EncodedSlices {
-    pub fn len(&self) -> usize {
-        self.cls.shape.first().copied().unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Slice `i` alone.
-    pub fn slice(&self, i: usize) -> EncodedSlices {
-        EncodedSlices {
-            cls: rows_of(&self.cls, i..i + 1),
-            patches: rows_of(&self.patches, i..i + 1),
-            rec_cls: rows_of(&self.rec_cls, i..i + 1),
-            pixels: rows_of(&self.pixels, i..i + 1),
-        }
-    }
-
-    /// Slices in order, one stack; None when the parts disagree in shape.
-    pub fn concat(parts: &[&EncodedSlices]) -> Option<EncodedSlices> {
-        Some(EncodedSlices {
-            cls: concat_rows(parts.iter().map(|p| &p.cls))?,
-            patches: concat_rows(parts.iter().map(|p| &p.patches))?,
-            rec_cls: concat_rows(parts.iter().map(|p| &p.rec_cls))?,
-            pixels: concat_rows(parts.iter().map(|p| &p.pixels))?,
-        })
-    }
-}
 
 enum EncoderPath {
     T1,
@@ -204,16 +112,6 @@ pub struct SeriesAnalysis {
     /// Per-slice argmax masks at 32x32 (anatomy, lesion), for SEG output.
     #[serde(skip)]
     pub masks: Vec<SliceMasks>,
-}
-
-#[derive(Debug, Clone)]
-pub struct SliceMasks {
-    pub side: usize,
-    pub anatomy: Vec<u8>,
-    pub lesion: Vec<u8>,
-    /// Vertebral level per cell (bundle `levels`; 0 = outside), empty when
-    /// the bundle's segmentation has no level channels.
-    pub level: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -532,12 +430,108 @@ impl SpineModels {
                 data: Vec::new(),
             }
         };
-        Ok(EncodedSlices {
+        let mut encoded = EncodedSlices {
             cls,
             patches,
             rec_cls,
             pixels,
-        })
+            agents: None,
+        };
+        // Slice agents whose results are small per slice run here, with the
+        // encoders, so a slice encoded as it arrives needs nothing more
+        // when its series completes.
+        // The pixels are then read by nothing else: they are not kept.
+        if self.series_pool_reads_maps() {
+            encoded.agents = Some(self.slice_results(&encoded)?);
+            encoded.pixels = ArrayF32 {
+                shape: vec![encoded.len(), 1, 0, 0],
+                data: Vec::new(),
+            };
+        }
+        Ok(encoded)
+    }
+
+    /// Whether the bundle's series pool reads per-slice maps (0.6.0 on)
+    /// rather than the whole segmentation.
+    fn series_pool_reads_maps(&self) -> bool {
+        !self.series_pool.spec.inputs.iter().any(|t| t.name == "segmentation")
+    }
+
+    /// The slice agents on a stack, in chunks, reduced to what the rest
+    /// needs: recognition, argmax masks, and the series pool's input.
+    fn slice_results(&self, encoded: &EncodedSlices) -> Result<SliceResults, AnalysisError> {
+        let index = |name: &str| {
+            self.output_index(&self.slice_agents, name)
+                .ok_or_else(|| AnalysisError::Data(format!("slice_agents: no output {name:?}")))
+        };
+        let (seg_at, rec_at) = (index("segmentation")?, index("recognition")?);
+        let maps = self.series_pool_reads_maps();
+        let map_names: Vec<&str> = self
+            .series_pool
+            .spec
+            .inputs
+            .iter()
+            .map(|t| t.name.as_str())
+            .filter(|n| !matches!(*n, "cls" | "patches"))
+            .collect();
+        let map_at = map_names
+            .iter()
+            .map(|n| index(n).map(|i| (n.to_string(), i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut parts = Vec::new();
+        for start in (0..encoded.len()).step_by(CHUNK) {
+            let chunk = slices::rows_range(encoded, start..(start + CHUNK).min(encoded.len()));
+            let out = self.slice_agents.run(self.slice_agent_inputs(&chunk)?)?;
+            let (lb, seg) = (&self.labels, &out[seg_at]);
+            let masks = masks_of(seg, lb.anatomy, lb.lesion, lb.levels.len());
+            if masks.len() != chunk.len() {
+                return Err(AnalysisError::Data(format!(
+                    "slice_agents: segmentation {:?} for {} slices",
+                    seg.shape,
+                    chunk.len()
+                )));
+            }
+            let pool = if maps {
+                PoolInput::Maps(map_at.iter().map(|(n, i)| (n.clone(), out[*i].clone())).collect())
+            } else {
+                PoolInput::Segmentation(seg.clone())
+            };
+            parts.push(SliceResults {
+                recognition: out[rec_at].clone(),
+                masks,
+                pool,
+            });
+        }
+        slices::join_results(parts)
+            .ok_or_else(|| AnalysisError::Data("slice_agents: outputs differ in shape between slices".into()))
+    }
+
+    /// The series pool's inputs in manifest order, by name.
+    fn series_pool_inputs(
+        &self,
+        cls: ArrayF32,
+        patches: ArrayF32,
+        pool: PoolInput,
+    ) -> Result<Vec<ArrayF32>, AnalysisError> {
+        let (mut cls, mut patches) = (Some(cls), Some(patches));
+        let (mut segmentation, mut maps) = match pool {
+            PoolInput::Segmentation(s) => (Some(s), Vec::new()),
+            PoolInput::Maps(m) => (None, m),
+        };
+        self.series_pool
+            .spec
+            .inputs
+            .iter()
+            .map(|t| {
+                let found = match t.name.as_str() {
+                    "cls" => cls.take(),
+                    "patches" => patches.take(),
+                    "segmentation" => segmentation.take(),
+                    other => maps.iter().position(|(n, _)| n == other).map(|i| maps.swap_remove(i).1),
+                };
+                found.ok_or_else(|| AnalysisError::Data(format!("series_pool: no input {:?}", t.name)))
+            })
+            .collect()
     }
 
     /// Whether the bundle's slice agents take a `pixels` input.
@@ -583,18 +577,25 @@ impl SpineModels {
                 continue; // a family the models do not take
             };
             let path_name = path.name();
-            let encoded = match input.encoded.take() {
+            let mut encoded = match input.encoded.take() {
                 Some(e) if e.len() == input.pixels.shape[0] => e,
                 _ => self.encode_path(path, &input.pixels)?,
             };
-            let seg_rec = self.slice_agents.run(self.slice_agent_inputs(&encoded)?)?;
+            let results = match encoded.agents.take() {
+                Some(r) if r.len() == encoded.len() => r,
+                _ => self.slice_results(&encoded)?,
+            };
             let EncodedSlices { cls, patches, .. } = encoded;
             if self.report_projector.is_some() {
                 embedding_width = cls.shape.get(1).copied().unwrap_or(0);
                 slice_embeddings.extend_from_slice(&cls.data);
             }
-            let (seg, rec) = (&seg_rec[0], &seg_rec[1]);
-            let pooled = self.series_pool.run(vec![cls, patches, seg.clone()])?;
+            let SliceResults {
+                recognition,
+                masks,
+                pool,
+            } = results;
+            let pooled = self.series_pool.run(self.series_pool_inputs(cls, patches, pool)?)?;
             let (emb, attention, feats, mass) = (&pooled[0], &pooled[1], &pooled[2], &pooled[3]);
             width = emb.data.len();
             if slot_sum.is_empty() {
@@ -609,7 +610,7 @@ impl SpineModels {
                 }
             }
             slots.push(slot);
-            out_series.push(self.describe_series(input, path_name, seg, rec, attention, emb)?);
+            out_series.push(self.describe_series(input, path_name, &recognition, masks, attention, emb)?);
         }
         if out_series.is_empty() {
             return Err(AnalysisError::Data("no series the models can use".into()));
@@ -723,8 +724,8 @@ impl SpineModels {
         &self,
         input: SeriesInput,
         path: &str,
-        seg: &ArrayF32,
         rec: &ArrayF32,
+        masks: Vec<SliceMasks>,
         attention: &ArrayF32,
         emb: &ArrayF32,
     ) -> Result<SeriesAnalysis, AnalysisError> {
@@ -758,7 +759,6 @@ impl SpineModels {
         let (ri, rp) = argmax(&region);
         let tags_disagree = lb.families[fi] != input.family || lb.planes[pi] != input.plane;
         let (key, _) = argmax(&attention.data);
-        let masks = self.masks(seg);
         Ok(SeriesAnalysis {
             key_slice: (key, input.sop_instance_uids.get(key).cloned().unwrap_or_default()),
             rows: input.rows,
@@ -777,43 +777,6 @@ impl SpineModels {
             embedding: emb.data.clone(),
             masks,
         })
-    }
-
-    /// Argmax anatomy and lesion class per sub-patch cell of each slice.
-    fn masks(&self, seg: &ArrayF32) -> Vec<SliceMasks> {
-        let (s, k, h, w) = (seg.shape[0], seg.shape[1], seg.shape[2], seg.shape[3]);
-        let (na, nl) = (self.labels.anatomy, self.labels.lesion);
-        let nv = if k >= na + nl + self.labels.levels.len() {
-            self.labels.levels.len()
-        } else {
-            0
-        };
-        let plane = h * w;
-        (0..s)
-            .map(|i| {
-                let base = i * k * plane;
-                let pick = |first: usize, count: usize, p: usize| -> u8 {
-                    let mut best = (0usize, f32::NEG_INFINITY);
-                    for c in 0..count {
-                        let v = seg.data[base + (first + c) * plane + p];
-                        if v > best.1 {
-                            best = (c, v);
-                        }
-                    }
-                    best.0 as u8
-                };
-                SliceMasks {
-                    side: h,
-                    anatomy: (0..plane).map(|p| pick(0, na, p)).collect(),
-                    lesion: (0..plane).map(|p| pick(na, nl, p)).collect(),
-                    level: if nv > 0 {
-                        (0..plane).map(|p| pick(na + nl, nv, p)).collect()
-                    } else {
-                        Vec::new()
-                    },
-                }
-            })
-            .collect()
     }
 
     #[allow(clippy::type_complexity)]
@@ -886,12 +849,12 @@ impl SpineModels {
         (findings, probabilities, graded)
     }
 
-    /// Nearest reference cases by cosine similarity (both sides unit vectors).
     /// Where the model's output `name` is among its outputs, if it has one.
     fn output_index(&self, model: &Model, name: &str) -> Option<usize> {
         model.spec.outputs.iter().position(|t| t.name == name)
     }
 
+    /// Nearest reference cases by cosine similarity (both sides unit vectors).
     fn similar(&self, query: &[f32], k: usize) -> Vec<SimilarCase> {
         let dim = query.len();
         if dim == 0 {
@@ -914,58 +877,5 @@ impl SpineModels {
                 report: self.cases[i].report.clone(),
             })
             .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn first_channel_keeps_channel_zero_of_every_slice() {
-        // 2 slices x 3 channels x 2 x 2: value = slice * 100 + channel * 10 + pixel.
-        let data = (0..2)
-            .flat_map(|s| (0..3).flat_map(move |c| (0..4).map(move |p| (s * 100 + c * 10 + p) as f32)))
-            .collect();
-        let a = ArrayF32 {
-            shape: vec![2, 3, 2, 2],
-            data,
-        };
-        let c0 = first_channel(&a);
-        assert_eq!(c0.shape, vec![2, 1, 2, 2]);
-        assert_eq!(c0.data, vec![0.0, 1.0, 2.0, 3.0, 100.0, 101.0, 102.0, 103.0]);
-    }
-
-    #[test]
-    fn first_channel_of_pixels_not_held_is_an_empty_plane() {
-        // The streaming path's stacks keep their shape but no data.
-        let a = ArrayF32 {
-            shape: vec![5, 3, 128, 128],
-            data: Vec::new(),
-        };
-        let c0 = first_channel(&a);
-        assert_eq!(c0.shape, vec![5, 1, 0, 0]);
-        assert!(c0.data.is_empty());
-    }
-
-    #[test]
-    fn encodings_with_pixels_slice_and_concatenate_together() {
-        let enc = |v: f32, n: usize| {
-            let a = |shape: Vec<usize>| ArrayF32 {
-                data: vec![v; shape.iter().product()],
-                shape,
-            };
-            EncodedSlices {
-                cls: a(vec![n, 2]),
-                patches: a(vec![n, 3, 2]),
-                rec_cls: a(vec![n, 2]),
-                pixels: a(vec![n, 1, 2, 2]),
-            }
-        };
-        let (a, b) = (enc(1.0, 2), enc(2.0, 1));
-        let both = EncodedSlices::concat(&[&a, &b]).unwrap();
-        assert_eq!(both.pixels.shape, vec![3, 1, 2, 2]);
-        assert_eq!(both.slice(2).pixels.data, vec![2.0; 4]);
-        assert_eq!(both.slice(0).pixels.data, vec![1.0; 4]);
     }
 }
