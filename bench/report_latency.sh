@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 runs=${1:-5}
 per_scanner=${2:-3}
 idle=${3:-1.0}
-stream=${4:-8192}
+stream=${4:-4096}
 scripts/setup >/dev/null
 cargo build --release -q --bin spineagent
 bin=$PWD/target/release/spineagent

@@ -112,7 +112,15 @@ def main():
     synth.weights.data.copy_(torch.from_numpy(np.array(named_parameters(b / "synthesizer.onnx")["weights"])))
     check(synth, b, "synthesizer")
 
-    agents = Agents(full_res=False, condition_retrieval=False)  # what bundles up to 0.4.x hold
+    # What the bundle holds: the full-resolution refinement (0.5.0 on) and
+    # the retrieval head over the condition answers (0.5.0 on). The series
+    # pool must be this code's (0.6.0 on: its level statistics changed).
+    slice_named = named_parameters(b / "slice_agents.onnx")
+    conditions_named = named_parameters(b / "conditions.onnx")
+    agents = Agents(
+        full_res=any(k.startswith("a.refine.") for k in slice_named),
+        condition_retrieval=any(k.startswith("retrieval.") for k in conditions_named),
+    )
     parts = [
         ("slice_agents", agents.slice, SliceAgentsExport),
         ("series_pool", agents.series, SeriesPoolExport),
@@ -120,8 +128,15 @@ def main():
         ("conditions", agents.conditions, ConditionsExport),
     ]
     for name, module, wrapper in parts:
-        load_into(module, named_parameters(b / f"{name}.onnx"), "a.")
+        named = named_parameters(b / f"{name}.onnx")
+        load_into(module, named, "a.")
+        if name == "conditions" and agents.condition_retrieval:
+            load_into(agents.retrieval, named, "retrieval.")
         check(wrapper(agents), b, name)
+    if agents.condition_retrieval:
+        # The report-text side of that head is not in the bundle (its index
+        # holds the projected texts only): stage B3 trains it again.
+        print("retrieval_text: not in the bundle, left untrained (run stage B3)")
     torch.save(
         {
             "synthesizer": synth.weights.detach(),

@@ -332,10 +332,14 @@ class SeriesPool(nn.Module):
         of logits until the series is complete."""
         a, les = len(L.ANATOMY), len(L.LESION)
         level = segmentation[:, a + les :]
-        cells = SeriesPool.CELLS
-        level_patches = F.adaptive_avg_pool2d(level, grid).flatten(2).softmax(dim=1)
-        level_cells = F.adaptive_avg_pool2d(level.softmax(dim=1), cells).flatten(2)
-        lesion_cells = F.adaptive_max_pool2d(segmentation[:, a : a + les].softmax(dim=1), cells).flatten(2)
+        # Fixed windows (the side is a plain int here, also when exporting:
+        # adaptive pooling cannot export inside the slice agents' graph,
+        # where the segmentation's size is symbolic).
+        side = int(segmentation.shape[-1])
+        per_patch, per_cell = side // grid, side // SeriesPool.CELLS
+        level_patches = F.avg_pool2d(level, per_patch).flatten(2).softmax(dim=1)
+        level_cells = F.avg_pool2d(level.softmax(dim=1), per_cell).flatten(2)
+        lesion_cells = F.max_pool2d(segmentation[:, a : a + les].softmax(dim=1), per_cell).flatten(2)
         return level_patches, level_cells, lesion_cells
 
     @staticmethod
