@@ -20,7 +20,9 @@ import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "training"))
 from engine_reference import preprocess  # noqa: E402
+from spinefm.crossref import axial_levels  # noqa: E402  (numpy only)
 
 
 def sessions(bundle, threads):
@@ -48,12 +50,42 @@ def stacks(files, families):
         key = (uid, tuple(np.round(normal, 2)))
         pos = float(np.dot(np.array(ds.ImagePositionPatient, dtype=float), normal))
         inv = ds.get("PhotometricInterpretation", "") == "MONOCHROME1"
-        groups.setdefault(key, []).append((pos, ds.pixel_array.astype(np.int32), inv))
+        groups.setdefault(key, []).append((pos, ds.pixel_array.astype(np.int32), inv, ds))
     out = []
     for (uid, _), slices in groups.items():
         slices.sort(key=lambda s: s[0])
-        out.append((uid, slices))
+        h = slices[0][3]
+        placement = {
+            "orientation": np.array([float(v) for v in h.ImageOrientationPatient]),
+            "positions": np.array([[float(v) for v in s[3].ImagePositionPatient] for s in slices]),
+            "pixel_spacing": np.array([float(v) for v in h.PixelSpacing]),
+            "rows": int(h.Rows),
+            "cols": int(h.Columns),
+        }
+        out.append((uid, [s[:3] for s in slices], placement))
     return out
+
+
+def cross_reference(stacks, labels, pp):
+    """Since bundle 0.7.0: axial stacks' level maps from where their slices
+    cross the sagittal stacks' level masks (engine/src/analysis/crossref.rs,
+    here through training/spinefm/crossref.py)."""
+    n_anatomy, n_lesion, n_levels = len(labels["anatomy"]), len(labels["lesion"]), len(labels["levels"])
+    sagittal = [
+        (st["placement"], st["agent_out"]["segmentation"][:, n_anatomy + n_lesion:n_anatomy + n_lesion + n_levels].argmax(1))
+        for st in stacks if st["plane"] == "sagittal"
+    ]  # fmt: skip
+    if not sagittal:
+        return
+    for st in stacks:
+        if st["plane"] != "axial":
+            continue
+        shares = axial_levels(st["placement"], sagittal, pp["resize"], pp["crop"], n_levels)
+        for name in ("level_patches", "level_cells"):
+            maps = st["agent_out"][name]
+            for i, share in enumerate(shares):
+                if share is not None:
+                    maps[i, 1:] = (1 - maps[i, :1]) * share[1:, None]
 
 
 def analyze(bundle, families, threads, files):
@@ -66,7 +98,8 @@ def analyze(bundle, families, threads, files):
     slot_sum = np.zeros((len(slots), len(levels), 128), np.float32)
     slot_mass = np.zeros((len(slots), len(levels)), np.float32)
     series_embs, series_slots = [], []
-    for uid, slices in stacks(files, families):
+    done = []
+    for uid, slices, placement in stacks(files, families):
         family, plane = families[uid]
         x = np.stack([preprocess(a, inv, pp["resize"], pp["crop"], pp["low_percentile"], pp["high_percentile"],
                                  pp["mean"], pp["std"]) for _, a, inv in slices]).astype(np.float32)
@@ -81,9 +114,15 @@ def analyze(bundle, families, threads, files):
         if "pixels" in {i.name for i in s["slice_agents"].get_inputs()}:  # since bundle 0.3.0: channel 0
             feeds["pixels"] = np.ascontiguousarray(x[:, :1])
         agent_out = dict(zip([o.name for o in s["slice_agents"].get_outputs()], s["slice_agents"].run(None, feeds)))
+        done.append({"family": family, "plane": plane, "placement": placement, "cls": cls, "patches": patches,
+                     "agent_out": agent_out})  # fmt: skip
+    if "level_cross_reference" in manifest.get("agents", {}):
+        cross_reference(done, labels, pp)
+    for st in done:
+        family, plane, agent_out = st["family"], st["plane"], st["agent_out"]
         # Since bundle 0.6.0 the series pool reads the slice agents' per-slice
         # maps; before, the whole segmentation.
-        pool_feeds = {"cls": cls, "patches": patches}
+        pool_feeds = {"cls": st["cls"], "patches": st["patches"]}
         pool_feeds.update({i.name: agent_out[i.name] for i in s["series_pool"].get_inputs() if i.name in agent_out})
         emb, _, feats, mass = s["series_pool"].run(None, pool_feeds)
         name = ("sagittal_t1" if family == "t1" else "sagittal_t2" if family == "t2" else "sagittal_other") \

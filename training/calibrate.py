@@ -15,7 +15,7 @@ from spinefm import labels as L
 from spinefm.data import covered_positions, finding_targets
 from spinefm.pipeline import Agents, load_agents
 from evaluate import predict
-from train_agents import attach_pixels
+from train_agents import attach_pixels, attach_placements, load_placements
 
 
 def main():
@@ -28,6 +28,7 @@ def main():
     cache = torch.load(args.work / "cache.pt", weights_only=False)
     fs = torch.load(str(args.work / args.agents) + ".features", weights_only=False)
     attach_pixels(cache["validation"], fs["routed"]["validation"])
+    attach_placements(cache["validation"], fs["routed"]["validation"], load_placements(cache, str(args.work / "prep")))
     agents = load_agents(ck["agents"])
     agents.eval()
     rows = predict(agents, cache["validation"], fs["routed"]["validation"])

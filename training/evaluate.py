@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from spinefm import labels as L
 from spinefm.data import covered_positions, finding_targets
 from spinefm.pipeline import Agents, load_agents, run_study
-from train_agents import as_float, attach_pixels, visible_slices
+from train_agents import as_float, attach_pixels, attach_placements, load_placements, visible_slices
 
 
 def auroc(y, s):
@@ -254,9 +254,12 @@ def main():
     ck = torch.load(args.work / args.agents, weights_only=False)
     cache = torch.load(args.work / "cache.pt", weights_only=False)
     fs = torch.load(str(args.work / args.agents) + ".features", weights_only=False)
+    placements = load_placements(cache, str(args.work / "prep"))
     for split in cache:
         attach_pixels(cache[split], fs["routed"][split])
         attach_pixels(cache[split], fs["ablation"][split])
+        attach_placements(cache[split], fs["routed"][split], placements)
+        attach_placements(cache[split], fs["ablation"][split], placements)
     agents, ablation = load_agents(ck["agents"]), load_agents(ck["agents_ablation"])
     agents.eval(), ablation.eval()
     sets = {

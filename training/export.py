@@ -25,7 +25,7 @@ from spinefm.model import GRID, IMAGE, WIDTH, Encoder, SeriesPool, SliceAgents, 
 from spinefm.pipeline import Agents, load_agents
 from train_agents import as_float, load_encoder
 
-VERSION = "0.6.0"
+VERSION = "0.7.0"
 
 
 def fold_channels(encoder):
@@ -218,6 +218,9 @@ def manifest(out, models, extra_files, retrieval_model="patient"):
     for c in L.CONDITIONS:
         lines.append(f'condition_{c} = ["conditions"]')
     lines += ['level_localization = ["slice_agents", "series_pool", "conditions"]']
+    # 0.7.0 on: trained on axial level maps taken from the sagittal stacks
+    # (spinefm/crossref.py); the engine does the same only where this is named.
+    lines += ['level_cross_reference = ["slice_agents", "series_pool"]']
     lines += ['graded_stenosis = ["conditions"]']
     if any(m["name"] == "report_projector" for m in models):
         lines += ['report_agent_visual_tokens = ["report_projector"]']

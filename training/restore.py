@@ -5,6 +5,8 @@ weights and the agents, read back from the ONNX initializers.
 
     python training/restore.py --bundle models/spinefm-tiny --work WORK
     -> WORK/enc_t1_ft.pt, WORK/enc_t2_ft.pt, WORK/agents.pt
+       (and WORK/report_projector.pt, WORK/report_adapter.safetensors where
+       the bundle has a report agent, for export.py to ship again)
 
 torch.onnx.export keeps a parameter's name where it feeds a node directly
 (convolutions, Gemm, LayerNorm, biases) but gives a Linear's weight an
@@ -18,6 +20,7 @@ Not in the bundle, so not restored: the text projection and CLIP scale
 pre-training uses it) and the ablation's agents (retrain them)."""
 
 import argparse
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +157,26 @@ def main():
         w / "agents.pt",
     )
     print(f"-> {w}/enc_t1_ft.pt, enc_t2_ft.pt, agents.pt")
+    restore_report_agent(b, w)
+
+
+def restore_report_agent(b, w):
+    """The report agent's projector (slice class tokens -> visual tokens;
+    the encoders are the bundle's, so it stays valid) and LoRA adapter, in
+    the form export.py's --report-projector and --report-adapter take."""
+    if not (b / "report_projector.onnx").exists():
+        return
+    from report_lm.projector import VisualProjector
+
+    named = named_parameters(b / "report_projector.onnx")
+    dim, hidden = named["norm.weight"].shape[0], named["down.bias"].shape[0]
+    proj = VisualProjector(dim=dim, hidden=hidden, queries=named["queries"].shape[0])
+    load_into(proj, named, "")
+    check(proj, b, "report_projector")
+    torch.save(proj.state_dict(), w / "report_projector.pt")
+    if (b / "report_adapter.safetensors").exists():
+        shutil.copyfile(b / "report_adapter.safetensors", w / "report_adapter.safetensors")
+    print(f"-> {w}/report_projector.pt, report_adapter.safetensors")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ the two frozen pre-trained encoders.
 """
 
 import argparse
+import json
 import math
 import os
 import random
@@ -32,9 +33,10 @@ import torch
 import torch.nn.functional as F
 
 from spinefm import labels as L
+from spinefm.crossref import placement_of
 from spinefm.data import covered_positions, finding_targets
 from spinefm.model import ConditionRetrieval, Encoder, GatedAttentionPool, Synthesizer, TextProjection, clip_loss
-from spinefm.pipeline import Agents, combine, load_agents, series_stats
+from spinefm.pipeline import Agents, combine, load_agents, study_series_stats
 
 
 def load_encoder(path):
@@ -144,6 +146,35 @@ def attach_pixels(studies, feats):
         for s, it in zip(st["series"], items):
             it["pixels"] = torch.from_numpy(s["pixels"]).unsqueeze(1)
     return feats
+
+
+def load_placements(cache, prep):
+    """{study name: [placement per usable stack]} from the DICOM headers of
+    the files `spineagent preprocess` listed (prep/<study>/index.json),
+    kept in prep/placements.pt after the first time (about a minute)."""
+    path = os.path.join(prep, "placements.pt")
+    if os.path.exists(path):
+        return torch.load(path, weights_only=False)
+    out = {}
+    for studies in cache.values():
+        for st in studies:
+            index = json.loads(open(os.path.join(prep, st["name"], "index.json")).read())
+            by_uid = {s["series_instance_uid"]: s for s in st["truth"]["series"]}
+            usable = [e for e in index if (t := by_uid.get(e["series_instance_uid"])) is not None
+                      and t["family"] in L.FAMILIES and t["plane"] in L.PLANES]  # fmt: skip
+            out[st["name"]] = [placement_of(e["files"]) for e in usable]
+    torch.save(out, path)
+    return out
+
+
+def attach_placements(studies, feats, placements):
+    """Each stack's placement beside its cached features (the stacks of
+    `load_study`, in index order), for the cross-reference of axial levels."""
+    for st, items in zip(studies, feats):
+        pls = placements[st["name"]]
+        assert len(pls) == len(items), st["name"]
+        for pl, it in zip(pls, items):
+            it["placement"] = pl
 
 
 def as_float(items):
@@ -352,12 +383,11 @@ def study_stats(agents, studies, feats):
     outputs reduced to what the trainable rest needs."""
     out = []
     for st, items in zip(studies, feats):
-        stats = []
-        for it in as_float(items):
-            _, _, s = series_stats(agents, it)
+        items = as_float(items)
+        _, _, stats = study_series_stats(agents, items)
+        for it, s in zip(items, stats):
             vis = visible_slices(st["truth"], it["number"], it["slice_index"])
             s["visible"] = vis if vis and len(vis) < len(it["slice_index"]) else None
-            stats.append(s)
         out.append(stats)
     return out
 
@@ -563,6 +593,12 @@ def main():
         help="with --slice-from: continue stage A from its slice agents for --slice-minutes (steps add up)",
     )
     ap.add_argument(
+        "--ablation-slice-continue", action="store_true",
+        help="with --slice-from: the ablation alone continues stage A for --ablation-slice-minutes (a checkpoint "
+        "restored from a bundle has no ablation agents: theirs then start from the main slice agents, trained on "
+        "the synthesizer's features, and adapt to the ablation's own)",
+    )
+    ap.add_argument(
         "--synthesizer-from", help="a checkpoint whose synthesizer weights are taken as they are (no synthesizer training)"
     )
     ap.add_argument(
@@ -610,9 +646,12 @@ def main():
             ablation[split] = [b[1] for b in both]
         print(f"features in {time.time() - started:.0f}s", flush=True)
 
+    placements = load_placements(cache, os.path.join(os.path.dirname(os.path.abspath(args.cache)), "prep"))
     for split in cache:
         attach_pixels(cache[split], feats[split])
         attach_pixels(cache[split], ablation[split])
+        attach_placements(cache[split], feats[split], placements)
+        attach_placements(cache[split], ablation[split], placements)
     pick = lambda a, b: a if a is not None else b  # noqa: E731
     earlier = torch.load(args.slice_from, weights_only=False) if args.slice_from else None
 
@@ -648,7 +687,7 @@ def main():
             pick(args.ablation_slice_minutes, args.slice_minutes),
             pick(args.ablation_condition_minutes, args.condition_minutes),
             pick(args.ablation_study_minutes, args.study_minutes),
-            label="ablation", earlier=ablation_start, slice_continue=args.slice_continue,
+            label="ablation", earlier=ablation_start, slice_continue=args.slice_continue or args.ablation_slice_continue,
             retrieval_minutes=args.retrieval_minutes, stats_cache=stats_file("ablation"),
         )  # fmt: skip
     if earlier:  # stage A and B2 start from the earlier run's weights: their steps add up

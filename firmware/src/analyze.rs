@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use spineagent_engine::SessionOptions;
-use spineagent_engine::analysis::{SeriesInput, SpineModels, StudyAnalysis};
+use spineagent_engine::analysis::{Placement, SeriesInput, SpineModels, StudyAnalysis};
 use spineagent_engine::report::agent::ReportAgent;
 use spineagent_engine::report::codes::Codes;
 use spineagent_engine::report::key_images::locate;
@@ -207,7 +207,17 @@ pub fn analyze_files(
             // Evicted between the two looks: decode this stack after all.
             anyhow::bail!("encodings of {} vanished from the cache", s.series_description);
         }
+        // Pixel spacing is what places a slice's pixels in the patient:
+        // without it the stack keeps the slice agents' own levels.
+        let placement = s.pixel_spacing.map(|pixel_spacing| Placement {
+            orientation: s.orientation,
+            positions: s.positions.clone(),
+            pixel_spacing,
+            rows: s.rows,
+            cols: s.cols,
+        });
         inputs.push(SeriesInput {
+            placement,
             series_instance_uid: s.series_instance_uid,
             description: s.series_description,
             family: s.family,

@@ -7,8 +7,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import crossref
 from . import labels as L
-from .model import GRID, WIDTH, ConditionAgents, ConditionRetrieval, PatientModel, SeriesPool, SliceAgents, TextProjection
+from .data import RESIZE
+from .model import GRID, IMAGE, WIDTH, ConditionAgents, ConditionRetrieval, PatientModel, SeriesPool, SliceAgents, TextProjection
 
 
 class Agents(nn.Module):
@@ -43,13 +45,44 @@ def level_logits_per_patch(seg_logits):
 
 def series_stats(agents: Agents, it):
     """One series stack through the slice agents and the parameter-free part
-    of the series pool. Returns (seg, recognition, stats for `combine`)."""
+    of the series pool, on its own (no cross-reference). Returns (seg,
+    recognition, stats for `combine`)."""
     seg, _ = agents.slice(it["cls"], it["patches"], it["pixels"])
     rec = agents.slice.recognize(it["rec_cls"])
-    pf, mass, lesion = agents.series.level_stats(it["patches"], seg)
-    stats = {"cls": it["cls"], "patch_mean": it["patches"].mean(dim=1), "pf": pf, "mass": mass,
-             "lesion": lesion, "slot": it["slot"]}  # fmt: skip
-    return seg, rec, stats
+    return seg, rec, stats_of(it, SeriesPool.slice_maps(seg, GRID))
+
+
+def stats_of(it, maps):
+    pf, mass, lesion = SeriesPool.stats_from_maps(it["patches"], *maps)
+    return {"cls": it["cls"], "patch_mean": it["patches"].mean(dim=1), "pf": pf, "mass": mass,
+            "lesion": lesion, "slot": it["slot"]}  # fmt: skip
+
+
+def study_series_stats(agents: Agents, items, keep_segs=False):
+    """Every stack of one study through the slice agents and the
+    parameter-free part of the series pool, with the axial stacks' level
+    maps taken from where they cross the sagittal stacks (`crossref`; the
+    engine does the same) when the items carry their `placement`. Returns
+    (segs or None, recognitions, stats)."""
+    segs, recs, maps, sagittal = [], [], [], []
+    for it in items:
+        seg, _ = agents.slice(it["cls"], it["patches"], it["pixels"])
+        recs.append(agents.slice.recognize(it["rec_cls"]))
+        maps.append(list(SeriesPool.slice_maps(seg, GRID)))
+        if it.get("placement") is not None and it["plane"] == "sagittal":
+            _, _, level = agents.slice.split_seg(seg)
+            sagittal.append((it["placement"], level.argmax(dim=1).numpy()))
+        segs.append(seg if keep_segs else None)
+    if sagittal:
+        for it, m in zip(items, maps):
+            if it.get("placement") is None or it["plane"] != "axial":
+                continue
+            shares = crossref.axial_levels(it["placement"], sagittal, RESIZE, IMAGE, len(L.LEVELS))
+            for s, share in enumerate(shares):
+                if share is not None:
+                    m[0][s] = crossref.relabel(m[0][s], share)
+                    m[1][s] = crossref.relabel(m[1][s], share)
+    return (segs if keep_segs else None), recs, [stats_of(it, m) for it, m in zip(items, maps)]
 
 
 def combine(agents: Agents, stats):
@@ -84,10 +117,7 @@ def run_study(agents: Agents, items):
     """items: per series stack {cls [S,D], patches [S,N,D], rec_cls [S,D],
     pixels [S,1,IMAGE,IMAGE], slot}.
     Returns per-item outputs and the study-level tensors."""
-    segs, recs, stats = [], [], []
-    for it in items:
-        seg, rec, st = series_stats(agents, it)
-        segs.append(seg), recs.append(rec), stats.append(st)
+    segs, recs, stats = study_series_stats(agents, items, keep_segs=True)
     attns, out = combine(agents, stats)
     per_item = [{"seg": s, "recognition": r, "attention": a} for s, r, a in zip(segs, recs, attns)]
     return per_item, out

@@ -7,6 +7,7 @@
 //! `spineagent analyze --json` document, with the structured tokens the
 //! report stage reads.
 
+mod crossref;
 mod slices;
 mod tokens;
 
@@ -23,6 +24,8 @@ use crate::runtime::Runtime;
 pub use slices::{EncodedSlices, PoolInput, SliceMasks, SliceResults};
 pub use tokens::structured_tokens;
 
+use crossref::CropGeometry;
+pub use crossref::Placement;
 use slices::{first_channel, masks_of};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +49,30 @@ pub const DEFAULT_THRESHOLD: f32 = 0.5;
 /// both of its vertebrae with at least this fraction of the best-covered
 /// vertebra's mass (soft masses: every level gets a little from the tails).
 const MIN_LEVEL_SHARE: f32 = 0.2;
+
+/// The roster entry of a bundle whose axial stacks take their levels from
+/// the sagittal ones (`crossref`).
+const CROSS_REFERENCE_AGENT: &str = "level_cross_reference";
+
+/// A stack between the slice agents and the series pool.
+struct Stack {
+    input: SeriesInput,
+    path: &'static str,
+    recognition: ArrayF32,
+    masks: Vec<SliceMasks>,
+    pooling: Pooling,
+}
+
+enum Pooling {
+    /// The series pool's outputs (bundles whose series pool reads the logits).
+    Done(Vec<ArrayF32>),
+    /// Its inputs, for after the cross-reference.
+    Pending {
+        cls: ArrayF32,
+        patches: ArrayF32,
+        maps: Vec<(String, ArrayF32)>,
+    },
+}
 
 enum EncoderPath {
     T1,
@@ -82,6 +109,9 @@ pub struct SeriesInput {
     /// arrived ([`SpineModels::encode_slices`]); `pixels` may then hold no
     /// data (its shape still gives the slice count).
     pub encoded: Option<EncodedSlices>,
+    /// Where the slices are in the patient, when the headers say: axial
+    /// stacks take their levels from where they cross the sagittal ones.
+    pub placement: Option<Placement>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -506,6 +536,61 @@ impl SpineModels {
             .ok_or_else(|| AnalysisError::Data("slice_agents: outputs differ in shape between slices".into()))
     }
 
+    /// Axial stacks waiting for the series pool take each slice's level
+    /// from where it crosses the sagittal stacks (`crossref`): the spine's
+    /// mass in their `level_patches` and `level_cells` is spread over the
+    /// levels the sagittal level masks show there. Stacks without a
+    /// placement, or slices crossing no labelled sagittal pixel, keep the
+    /// slice agents' own levels.
+    fn cross_reference(&self, stacks: &mut [Stack]) {
+        // Only for bundles trained on cross-referenced axial levels (0.7.0
+        // on): earlier condition agents learned the slice agents' own.
+        if !self.bundle.manifest.agents.contains_key(CROSS_REFERENCE_AGENT) {
+            return;
+        }
+        let n_levels = self.labels.levels.len();
+        let spec = &self.bundle.manifest.preprocess;
+        let g = CropGeometry {
+            resize: spec.resize,
+            crop: spec.crop,
+        };
+        let sagittal: Vec<(&Placement, &[SliceMasks])> = stacks
+            .iter()
+            .filter(|s| s.input.plane == "sagittal")
+            .filter_map(|s| Some((s.input.placement.as_ref()?, s.masks.as_slice())))
+            .collect();
+        if sagittal.is_empty() {
+            return;
+        }
+        let shares: Vec<(usize, Vec<Option<Vec<f32>>>)> = stacks
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.input.plane == "axial" && matches!(s.pooling, Pooling::Pending { .. }))
+            .filter_map(|(i, s)| {
+                Some((
+                    i,
+                    crossref::axial_levels(s.input.placement.as_ref()?, &sagittal, g, n_levels),
+                ))
+            })
+            .collect();
+        for (i, per_slice) in shares {
+            let Pooling::Pending { maps, .. } = &mut stacks[i].pooling else {
+                continue;
+            };
+            for (name, probabilities) in maps.iter_mut() {
+                if !matches!(name.as_str(), "level_patches" | "level_cells") || probabilities.shape.len() != 3 {
+                    continue;
+                }
+                let per = probabilities.shape[1] * probabilities.shape[2];
+                for (s, share) in per_slice.iter().enumerate() {
+                    if let (Some(share), Some(slice)) = (share, probabilities.data.get_mut(s * per..(s + 1) * per)) {
+                        crossref::relabel(slice, probabilities.shape[1], share);
+                    }
+                }
+            }
+        }
+    }
+
     /// The series pool's inputs in manifest order, by name.
     fn series_pool_inputs(
         &self,
@@ -569,6 +654,12 @@ impl SpineModels {
         // Every slice's class token, for the report agent's projector.
         let mut slice_embeddings: Vec<f32> = Vec::new();
         let mut embedding_width = 0;
+        // Pass 1: every stack's encodings and slice agents' results. A
+        // bundle whose series pool reads whole logits pools each stack at
+        // once (its logits are not kept); one that reads per-slice maps waits
+        // for every stack, so that axial stacks can take their levels from
+        // where they cross the sagittal ones.
+        let mut stacks = Vec::new();
         for mut input in series {
             if input.pixels.shape.first().copied().unwrap_or(0) == 0 {
                 continue;
@@ -595,7 +686,35 @@ impl SpineModels {
                 masks,
                 pool,
             } = results;
-            let pooled = self.series_pool.run(self.series_pool_inputs(cls, patches, pool)?)?;
+            let pooling = match pool {
+                PoolInput::Maps(maps) => Pooling::Pending { cls, patches, maps },
+                whole => Pooling::Done(self.series_pool.run(self.series_pool_inputs(cls, patches, whole)?)?),
+            };
+            stacks.push(Stack {
+                input,
+                path: path_name,
+                recognition,
+                masks,
+                pooling,
+            });
+        }
+        self.cross_reference(&mut stacks);
+        // Pass 2: the series pool where it waited, and the slots.
+        for stack in stacks {
+            let Stack {
+                input,
+                path: path_name,
+                recognition,
+                masks,
+                pooling,
+            } = stack;
+            let pooled = match pooling {
+                Pooling::Done(p) => p,
+                Pooling::Pending { cls, patches, maps } => {
+                    self.series_pool
+                        .run(self.series_pool_inputs(cls, patches, PoolInput::Maps(maps))?)?
+                }
+            };
             let (emb, attention, feats, mass) = (&pooled[0], &pooled[1], &pooled[2], &pooled[3]);
             width = emb.data.len();
             if slot_sum.is_empty() {
