@@ -65,6 +65,15 @@ fn mark_no_report(spool: &Path, uid: &str, reason: &str) {
     }
 }
 
+/// Clears an earlier no-report verdict: the study completed again, so
+/// instances arrived after it (the assembler re-completes a study that a
+/// late instance reopened). A study that first completed with a localizer
+/// alone, because the rest arrived after the study idle time, must not stay
+/// unreported once the rest is there.
+fn clear_no_report(spool: &Path, uid: &str) -> bool {
+    std::fs::remove_file(no_report_marker(spool, uid)).is_ok()
+}
+
 /// Completed studies (study.json present) that have no report yet.
 fn unreported(spool: &Path) -> Vec<(String, PathBuf)> {
     let mut out = Vec::new();
@@ -183,6 +192,12 @@ impl ReportStage {
             tokio::select! {
                 event = events.recv() => match event {
                     Some(AssemblyEvent::StudyComplete(study)) => {
+                        if clear_no_report(&stage.spool, &study.study_instance_uid) {
+                            tracing::info!(
+                                study = %study.study_instance_uid,
+                                "study completed again with new instances: no-report verdict cleared"
+                            );
+                        }
                         if study.usable_series().next().is_none() {
                             stage.metrics.studies_not_reported_total.with_label_values(&["no_usable_series"]).inc();
                             let skipped: Vec<String> = study

@@ -312,6 +312,39 @@ fn wait_for_report(d: &Daemon, uid: &str) -> std::path::PathBuf {
     dir
 }
 
+/// A study whose localizer arrives first and the rest only after the study
+/// idle time completes with nothing usable (no report, spool/no-report);
+/// when the rest arrives the study completes again and is reported. Found
+/// by bench/report_latency.sh with four scanners sending at once on two
+/// cores: one such study never got an SR.
+#[test]
+fn daemon_reports_a_study_whose_usable_series_came_after_it_first_completed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(Opts {
+        series_idle: 0.5,
+        study_idle: 1.0,
+        bundle: Some(default_bundle()),
+        ..Opts::default()
+    });
+    let truth = study(&tmp.path().join("s"), 880_041, "siemens", &["hemangioma:L3"]);
+    let uid = truth["study_instance_uid"].as_str().unwrap().to_string();
+    let (localizer, rest): (Vec<_>, Vec<_>) = phantom_series_dirs(&tmp.path().join("s"))
+        .into_iter()
+        .partition(|p| p.ends_with("series_01"));
+    assert_eq!(truth["series"][0]["family"], "localizer");
+    let o = d.storescu("MODALITY", &["-q", "+sd"], &localizer);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let marker = d.spool().join("no-report").join(format!("{uid}.txt"));
+    d.wait_for("no-report verdict", std::time::Duration::from_secs(30), || {
+        marker.exists()
+    });
+    let o = d.storescu("MODALITY", &["-q", "+sd"], &rest);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report = wait_for_report(&d, &uid);
+    assert!(report.join("sr.dcm").exists());
+    assert!(!marker.exists(), "the stale verdict stays behind");
+}
+
 #[test]
 fn daemon_reports_received_studies_including_one_completed_before_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
