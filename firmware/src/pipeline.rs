@@ -128,15 +128,13 @@ impl ReportStage {
         Ok(report)
     }
 
+    /// Callers leave out studies with a no-report verdict (`unreported`) or
+    /// clear it first (a study that completed again).
     async fn handle(self: &Arc<Self>, uid: String, dir: PathBuf) {
         if reports_dir(&self.spool).join(&uid).exists() {
             // Reported before (a late instance reopened and re-completed the
             // study, or the start-up scan got there first).
             tracing::info!(study = %uid, "report exists: not analyzed again");
-            return;
-        }
-        if no_report_marker(&self.spool, &uid).exists() {
-            tracing::info!(study = %uid, "study was not reported before (spool/no-report): not analyzed again");
             return;
         }
         let stage = self.clone();
