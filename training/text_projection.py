@@ -24,14 +24,31 @@ import torch
 
 from spinefm.model import clip_loss
 from spinefm.pipeline import combine, load_agents
-from train_agents import retrieval_recall
+from train_agents import attach_pixels, attach_placements, load_placements, retrieval_recall, study_stats
+
+
+def series_stats(agents, cache, checkpoint):
+    """Training and validation series stats of these slice agents, from the
+    checkpoint's features (about 6 minutes on 2 cores)."""
+    fs = torch.load(checkpoint + ".features", weights_only=False)["routed"]
+    placements = load_placements(cache, os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "prep"))
+    out = []
+    for split in ("train", "validation"):
+        attach_pixels(cache[split], fs[split])
+        attach_placements(cache[split], fs[split], placements)
+        out.append(study_stats(agents, cache[split], fs[split]))
+    return out
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", required=True)
     ap.add_argument("--agents", required=True, help="checkpoint in WORK")
-    ap.add_argument("--stats", required=True, help="train_agents.py --stats-cache file of these slice agents")
+    ap.add_argument(
+        "--stats", required=True,
+        help="train_agents.py --stats-cache file of these slice agents; computed and written there when missing "
+        "(stage A ran in the same train_agents.py call, so no cache was written)",
+    )
     ap.add_argument("--minutes", type=float, default=2)
     ap.add_argument("--out", required=True, help="checkpoint written in WORK (features linked)")
     ap.add_argument("--batch", type=int, default=32)
@@ -41,9 +58,13 @@ def main():
     torch.set_num_threads(args.threads)
     ck = torch.load(os.path.join(args.work, args.agents), weights_only=False)
     cache = torch.load(os.path.join(args.work, "cache.pt"), weights_only=False)
-    stats, val_stats = torch.load(args.stats, weights_only=False)
     agents = load_agents(ck["agents"])
     agents.eval()
+    if not os.path.exists(args.stats):
+        stats, val_stats = series_stats(agents, cache, os.path.join(args.work, args.agents))
+        os.makedirs(os.path.dirname(os.path.abspath(args.stats)), exist_ok=True)
+        torch.save((stats, val_stats), args.stats)
+    stats, val_stats = torch.load(args.stats, weights_only=False)
 
     def images(all_stats):
         with torch.no_grad():

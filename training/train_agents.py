@@ -233,6 +233,8 @@ def condition_losses(agents, level_features, slot_mask, t):
 # B1's parts with their own parameters (ConditionAgents), each kept at its
 # own best validation state; "rest" is every other B1 parameter (the MLP
 # and the patch feature compression).
+PRIOR_SHRINK = 0.3
+
 B1_PARTS = {
     "presence": ("conditions.evidence_weight", "conditions.prior"),
     "side": ("conditions.side_weight", "conditions.side_bias"),
@@ -241,6 +243,19 @@ B1_PARTS = {
 
 def b1_part_of(name):
     return next((part for part, prefixes in B1_PARTS.items() if name.startswith(prefixes)), "rest")
+
+
+def prior_deviation(conditions):
+    """Mean squared distance of each condition's per-position prior from
+    that condition's mean prior over the positions it can occur at. The
+    phantom (like the published cohorts' disc findings) spreads a
+    condition evenly over a region's candidate levels, so a position's own
+    prior should only carry what its evidence cannot; unpenalized, the
+    herniation prior at L4-L5 ended 0.48 logits below L5-S1 in 0.7.0 and
+    an L4-L5 fragment read as L5-S1."""
+    valid = torch.tensor([L.valid_positions(c) for c in L.CONDITIONS]).T.float()  # [P, C]
+    mean = (conditions.prior * valid).sum(0) / valid.sum(0).clamp(min=1)
+    return (((conditions.prior - mean) ** 2) * valid).sum() / valid.sum().clamp(min=1)
 
 
 def slot_sums(stats):
@@ -316,7 +331,16 @@ def segmentation_loss(agents, logits, a_t, le_t, lv_t, wa, wl):
 CROP = 64  # side of the full-resolution region trained per step
 
 
-def train_slice_agents(agents, train, feats, minutes, batch=32, lr=2e-3, label=""):
+# Cap of the lesion classes' cross-entropy weights in stage A. Up to 0.7.0
+# it was 30: with a quarter of every batch from slices that show a lesion,
+# the segmentation then marked the normal lumbosacral disc's back as
+# herniation in most studies (all three sagittal sequences of the strict
+# test's seed 880001 did, while T2 missed the true L4-L5 fragment), and
+# that false peak outranked the true finding. 0.8.0 continued stage A at 10.
+LESION_WEIGHT_CAP = 10.0
+
+
+def train_slice_agents(agents, train, feats, minutes, batch=32, lr=2e-3, label="", lesion_cap=LESION_WEIGHT_CAP):
     """Stage A: segmentation (anatomy, lesion, level) and recognition, per
     slice, on random slices of every training series (all families, routed
     features). The 64 x 64 logits are trained on the whole slice against
@@ -339,7 +363,7 @@ def train_slice_agents(agents, train, feats, minutes, batch=32, lr=2e-3, label="
     P, C, R, X = torch.cat(P), torch.cat(C), torch.cat(R), torch.cat(X)
     A, LE, LV, FA, PL, RG = (torch.cat(t) for t in (A, LE, LV, FA, PL, RG))
     na, nl = len(L.ANATOMY), len(L.LESION)
-    wa, wl = class_weights(A, na, 10.0), class_weights(LE, nl, 30.0)
+    wa, wl = class_weights(A, na, 10.0), class_weights(LE, nl, lesion_cap)
     full = agents.slice.full_res
     print(f"{label} slice agents: {len(P)} training slices; full resolution {full}; "
           f"lesion class weights {wl.numpy().round(1)}", flush=True)  # fmt: skip
@@ -392,7 +416,9 @@ def study_stats(agents, studies, feats):
     return out
 
 
-def train_condition_agents(agents, train, stats, val, val_stats, minutes, batch=32, lr=1e-3, label=""):
+def train_condition_agents(
+    agents, train, stats, val, val_stats, minutes, batch=32, lr=1e-3, label="", prior_shrink=PRIOR_SHRINK
+):
     """Stage B1: the condition agents (and the patch feature compression)
     on precomputed slot sums: milliseconds per step, so tens of thousands
     of study samples fit in minutes. Checked on validation every 100 steps,
@@ -403,7 +429,9 @@ def train_condition_agents(agents, train, stats, val, val_stats, minutes, batch=
     severity, graded task) the one with the lowest validation loss of
     those. Up to 0.5.0 one state was kept for the sum; the MLP overfits
     within a few hundred steps, so presence stopped there too, barely
-    trained (probabilities bunched near 0.5)."""
+    trained (probabilities bunched near 0.5). `prior_shrink` weighs
+    `prior_deviation` in the training loss (not in the validation loss that
+    picks the state)."""
     sums = [torch.stack(t) for t in zip(*(slot_sums(s) for s in stats))]
     vsums = [torch.stack(t) for t in zip(*(slot_sums(s) for s in val_stats))]
     targets, vtargets = condition_targets(train), condition_targets(val)
@@ -416,7 +444,8 @@ def train_condition_agents(agents, train, stats, val, val_stats, minutes, batch=
         idx = torch.randint(len(train), (batch,))
         lf, sm = level_features_of(agents, *(x[idx] for x in sums))
         losses = condition_losses(agents, lf, sm, {k: v[idx] for k, v in targets.items()})
-        optimizer_step(opt, sum(losses.values()), params)
+        shrink = prior_shrink * prior_deviation(agents.conditions) if prior_shrink else 0
+        optimizer_step(opt, sum(losses.values()) + shrink, params)
         step += 1
         if step % 100 == 0:
             agents.conditions.eval()  # no dropout
@@ -533,7 +562,8 @@ def train_retrieval(agents, train, stats, val, val_stats, minutes, batch=32, lr=
 
 def train_agents(
     agents, train, feats, val, val_feats, slice_minutes, condition_minutes, study_minutes, label="", earlier=None,
-    slice_continue=False, retrieval_minutes=2, stats_cache=None,
+    slice_continue=False, retrieval_minutes=2, stats_cache=None, prior_shrink=PRIOR_SHRINK,
+    lesion_cap=LESION_WEIGHT_CAP,
 ):
     """Stage A, then B1 and B2. `earlier`: an earlier run's agents (same
     features) whose slice agents are taken instead of stage A (or, with
@@ -547,9 +577,9 @@ def train_agents(
         s1 = 0
         print(f"{label}: slice agents, pooling and retrieval taken from an earlier run ({len(taken)} tensors)", flush=True)
         if slice_continue:
-            s1 = train_slice_agents(agents, train, feats, slice_minutes, lr=1e-3, label=label)
+            s1 = train_slice_agents(agents, train, feats, slice_minutes, lr=1e-3, label=label, lesion_cap=lesion_cap)
     else:
-        s1 = train_slice_agents(agents, train, feats, slice_minutes, label=label)
+        s1 = train_slice_agents(agents, train, feats, slice_minutes, label=label, lesion_cap=lesion_cap)
     started = time.time()
     # Stats depend on the slice agents only: with stage A skipped they can
     # come from an earlier run on the same slice agents (`stats_cache`).
@@ -562,7 +592,7 @@ def train_agents(
         if stats_cache and s1 == 0:
             torch.save((stats, val_stats), stats_cache)
     print(f"{label} series stats in {time.time() - started:.0f}s{' (cached)' if cached else ''}", flush=True)
-    s2 = train_condition_agents(agents, train, stats, val, val_stats, condition_minutes, label=label)
+    s2 = train_condition_agents(agents, train, stats, val, val_stats, condition_minutes, label=label, prior_shrink=prior_shrink)
     s3 = train_study_agents(agents, train, stats, study_minutes, label=label)
     s4 = train_retrieval(agents, train, stats, val, val_stats, retrieval_minutes, label=label)
     return {"slice": s1, "conditions": s2, "study": s3, "retrieval": s4}
@@ -610,6 +640,14 @@ def main():
         help="with --slice-from and no stage A: a directory for the series stats of those slice agents "
         "(computed once, about 6 minutes each for the agents and the ablation; a file per --slice-from; "
         "delete it when SeriesPool.level_stats changes)",
+    )
+    ap.add_argument(
+        "--prior-shrink", type=float, default=PRIOR_SHRINK,
+        help="weight of the condition priors' spread over positions in stage B1's loss (0: none, as up to 0.7.0)",
+    )
+    ap.add_argument(
+        "--lesion-weight-cap", type=float, default=LESION_WEIGHT_CAP,
+        help="cap of the lesion classes' cross-entropy weights in stage A (30 up to 0.7.0)",
     )
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
@@ -666,7 +704,8 @@ def main():
         agents, cache["train"], feats["train"], cache["validation"], feats["validation"],
         args.slice_minutes, args.condition_minutes, args.study_minutes, label="agents",
         earlier=earlier["agents"] if earlier else None, slice_continue=args.slice_continue,
-        retrieval_minutes=args.retrieval_minutes, stats_cache=stats_file("agents"),
+        retrieval_minutes=args.retrieval_minutes, stats_cache=stats_file("agents"), prior_shrink=args.prior_shrink,
+        lesion_cap=args.lesion_weight_cap,
     )  # fmt: skip
     agents_ablation = Agents()
     # A checkpoint restored from a bundle has no ablation agents: the
@@ -689,6 +728,7 @@ def main():
             pick(args.ablation_study_minutes, args.study_minutes),
             label="ablation", earlier=ablation_start, slice_continue=args.slice_continue or args.ablation_slice_continue,
             retrieval_minutes=args.retrieval_minutes, stats_cache=stats_file("ablation"),
+            prior_shrink=args.prior_shrink, lesion_cap=args.lesion_weight_cap,
         )  # fmt: skip
     if earlier:  # stage A and B2 start from the earlier run's weights: their steps add up
         pairs = [(steps, earlier["steps"]["agents"])]
