@@ -14,10 +14,12 @@ in the analysis output). The floor applies only to conditions with at
 least FLOOR_POSITIVES validation positives: the validation split has 24
 studies, and with three hemangiomas in it the floor silenced a condition
 that the agents find at 0.93 in the strict test; with fewer positives a
-routine condition takes its best F1, as every condition did before. Up to 0.7.0 every condition took its best F1 with
-a 0.5 floor: disc degeneration (validation F1 0.11) and disc height loss
-(0.14) sat at that floor and were reported at most lumbar levels, which
-cost the draft reports far more precision than they gave them recall.
+routine condition takes its best F1, as every condition did before.
+
+Up to 0.7.0 every condition took its best F1 with a 0.5 floor: disc
+degeneration (validation F1 0.11) and disc height loss (0.14) sat at that
+floor and were reported at most lumbar levels, which cost the draft
+reports far more precision than they gave them recall.
 
     python training/calibrate.py --work work --agents agents_ft.pt --bundle models/spinefm-tiny
 """

@@ -26,7 +26,7 @@ from spinefm import labels as L
 from spinefm.crossref import placement_of
 from spinefm.model import GRID, SeriesPool, Synthesizer
 from spinefm.pipeline import combine, load_agents, study_series_stats
-from train_agents import as_float, features, load_encoder
+from train_agents import as_float, features, load_encoder, usable_entries
 
 SLOT_PARTS = ["mean up", "peak up", "mean low", "peak low", "min", "max", "disc"]
 
@@ -37,10 +37,7 @@ def load(study: Path, prep: Path, binary: Path):
     data.preprocess_study(binary, study, prep)
     st = data.load_study(study, prep, fine=True)
     index = json.loads((prep / "index.json").read_text())
-    by_uid = {s["series_instance_uid"]: s for s in st["truth"]["series"]}
-    usable = [e for e in index if (t := by_uid.get(e["series_instance_uid"])) is not None
-              and t["family"] in L.FAMILIES and t["plane"] in L.PLANES]  # fmt: skip
-    return st, [placement_of(e["files"]) for e in usable]
+    return st, [placement_of(e["files"]) for e in usable_entries(index, st["truth"])]
 
 
 def main():

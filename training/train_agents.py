@@ -148,6 +148,14 @@ def attach_pixels(studies, feats):
     return feats
 
 
+def usable_entries(index, truth):
+    """The entries of `spineagent preprocess`'s index.json that `load_study`
+    keeps (series of a family and plane the agents know), in its order."""
+    by_uid = {s["series_instance_uid"]: s for s in truth["series"]}
+    return [e for e in index if (t := by_uid.get(e["series_instance_uid"])) is not None
+            and t["family"] in L.FAMILIES and t["plane"] in L.PLANES]  # fmt: skip
+
+
 def load_placements(cache, prep):
     """{study name: [placement per usable stack]} from the DICOM headers of
     the files `spineagent preprocess` listed (prep/<study>/index.json),
@@ -159,10 +167,7 @@ def load_placements(cache, prep):
     for studies in cache.values():
         for st in studies:
             index = json.loads(open(os.path.join(prep, st["name"], "index.json")).read())
-            by_uid = {s["series_instance_uid"]: s for s in st["truth"]["series"]}
-            usable = [e for e in index if (t := by_uid.get(e["series_instance_uid"])) is not None
-                      and t["family"] in L.FAMILIES and t["plane"] in L.PLANES]  # fmt: skip
-            out[st["name"]] = [placement_of(e["files"]) for e in usable]
+            out[st["name"]] = [placement_of(e["files"]) for e in usable_entries(index, st["truth"])]
     torch.save(out, path)
     return out
 
@@ -233,8 +238,6 @@ def condition_losses(agents, level_features, slot_mask, t):
 # B1's parts with their own parameters (ConditionAgents), each kept at its
 # own best validation state; "rest" is every other B1 parameter (the MLP
 # and the patch feature compression).
-PRIOR_SHRINK = 0.3
-
 B1_PARTS = {
     "presence": ("conditions.evidence_weight", "conditions.prior"),
     "side": ("conditions.side_weight", "conditions.side_bias"),
@@ -245,15 +248,19 @@ def b1_part_of(name):
     return next((part for part, prefixes in B1_PARTS.items() if name.startswith(prefixes)), "rest")
 
 
-def prior_deviation(conditions):
+# Weight of `prior_deviation` in stage B1's training loss (0 up to 0.7.0).
+PRIOR_SHRINK = 0.3
+
+
+def prior_deviation(conditions, valid):
     """Mean squared distance of each condition's per-position prior from
     that condition's mean prior over the positions it can occur at. The
     phantom (like the published cohorts' disc findings) spreads a
     condition evenly over a region's candidate levels, so a position's own
     prior should only carry what its evidence cannot; unpenalized, the
     herniation prior at L4-L5 ended 0.48 logits below L5-S1 in 0.7.0 and
-    an L4-L5 fragment read as L5-S1."""
-    valid = torch.tensor([L.valid_positions(c) for c in L.CONDITIONS]).T.float()  # [P, C]
+    an L4-L5 fragment read as L5-S1. `valid` [P, C]: where each condition
+    can occur."""
     mean = (conditions.prior * valid).sum(0) / valid.sum(0).clamp(min=1)
     return (((conditions.prior - mean) ** 2) * valid).sum() / valid.sum().clamp(min=1)
 
@@ -435,6 +442,7 @@ def train_condition_agents(
     sums = [torch.stack(t) for t in zip(*(slot_sums(s) for s in stats))]
     vsums = [torch.stack(t) for t in zip(*(slot_sums(s) for s in val_stats))]
     targets, vtargets = condition_targets(train), condition_targets(val)
+    valid = torch.tensor([L.valid_positions(c) for c in L.CONDITIONS]).T.float()  # [P, C]
     params = list(agents.conditions.parameters()) + list(agents.series.compress.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     best = {part: (float("inf"), None, 0) for part in (*B1_PARTS, "rest")}
@@ -444,7 +452,7 @@ def train_condition_agents(
         idx = torch.randint(len(train), (batch,))
         lf, sm = level_features_of(agents, *(x[idx] for x in sums))
         losses = condition_losses(agents, lf, sm, {k: v[idx] for k, v in targets.items()})
-        shrink = prior_shrink * prior_deviation(agents.conditions) if prior_shrink else 0
+        shrink = prior_shrink * prior_deviation(agents.conditions, valid) if prior_shrink else 0
         optimizer_step(opt, sum(losses.values()) + shrink, params)
         step += 1
         if step % 100 == 0:
