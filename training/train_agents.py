@@ -248,8 +248,11 @@ def b1_part_of(name):
     return next((part for part, prefixes in B1_PARTS.items() if name.startswith(prefixes)), "rest")
 
 
-# Weight of `prior_deviation` in stage B1's training loss (0 up to 0.7.0).
-PRIOR_SHRINK = 0.3
+# Weight of `prior_deviation` in stage B1's training loss (0 up to 0.7.0,
+# 0.3 in 0.8.0, 3 from 0.9.0: equal validation presence loss, 0.265
+# against 0.266, and 0.3 still left herniation's L4-L5 prior 0.29 logits
+# under L5-S1's with 3 to 10 training positives per position).
+PRIOR_SHRINK = 3.0
 
 
 def prior_deviation(conditions, valid):
@@ -347,7 +350,38 @@ CROP = 64  # side of the full-resolution region trained per step
 LESION_WEIGHT_CAP = 10.0
 
 
-def train_slice_agents(agents, train, feats, minutes, batch=32, lr=2e-3, label="", lesion_cap=LESION_WEIGHT_CAP):
+# Hard negatives (`--hard-negatives`, from 0.9.0): every HARD_EVERY steps
+# stage A runs the lesion head on HARD_CANDIDATES random slices and keeps
+# the HARD_TOP with the most cells it marks as lesion where the truth has
+# none (0.8.0 still marked the back of the normal lumbosacral disc) in a
+# pool of the newest HARD_POOL, from which a quarter of every batch is then
+# drawn. About half of all slices have some such cell at 64 x 64 under
+# 0.8.0, so only the worst are kept. Mining costs one forward pass over
+# four batches, without gradients.
+HARD_EVERY, HARD_CANDIDATES, HARD_TOP, HARD_POOL = 10, 128, 16, 256
+
+
+@torch.no_grad()
+def mine_false_lesions(agents, P, X, LE, pool):
+    """`pool` plus the HARD_TOP random candidates on which the lesion head
+    calls the most cells lesion (probability above 0.5) that the truth at
+    64 x 64 does not; each slice once, the newest HARD_POOL kept."""
+    cand = torch.randint(len(P), (HARD_CANDIDATES,))
+    counts = []
+    for c in cand.split(32):
+        _, coarse = agents.slice.coarse(P[c].float(), X[c].float())
+        lesion_p = agents.slice.split_seg(coarse)[1].softmax(dim=1)[:, 1:].sum(dim=1)
+        counts.append(((lesion_p > 0.5) & (LE[c][:, ::2, ::2] == 0)).flatten(1).sum(dim=1))
+    counts = torch.cat(counts)
+    top = counts.argsort(descending=True)[:HARD_TOP]
+    new = cand[top[counts[top] > 0]]
+    kept = torch.cat([pool[~torch.isin(pool, new)], new])
+    return kept[-HARD_POOL:]
+
+
+def train_slice_agents(
+    agents, train, feats, minutes, batch=32, lr=2e-3, label="", lesion_cap=LESION_WEIGHT_CAP, hard_negatives=False
+):
     """Stage A: segmentation (anatomy, lesion, level) and recognition, per
     slice, on random slices of every training series (all families, routed
     features). The 64 x 64 logits are trained on the whole slice against
@@ -379,12 +413,23 @@ def train_slice_agents(agents, train, feats, minutes, batch=32, lr=2e-3, label="
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     deadline, started, step = time.time() + minutes * 60, time.time(), 0
     side = A.shape[-1]
+    hard = torch.empty(0, dtype=torch.long)
     while time.time() < deadline:
         cosine_lr(opt, lr, (time.time() - started) / (minutes * 60))
+        if hard_negatives and step % HARD_EVERY == 0:
+            hard = mine_false_lesions(agents, P, X, LE, hard)
         # A quarter of the batch from slices that show a lesion, so the
-        # lesion head sees some every step (most slices show none).
+        # lesion head sees some every step (most slices show none), and a
+        # quarter from the hard negatives when mined.
         k = batch // 4 if len(with_lesion) else 0
-        idx = torch.cat([with_lesion[torch.randint(len(with_lesion), (k,))], torch.randint(len(P), (batch - k,))])
+        h = batch // 4 if len(hard) else 0
+        idx = torch.cat(
+            [
+                with_lesion[torch.randint(len(with_lesion), (k,))],
+                hard[torch.randint(len(hard), (h,))],
+                torch.randint(len(P), (batch - k - h,)),
+            ]
+        )
         a_t, le_t, lv_t = A[idx].long(), LE[idx].long(), LV[idx].long()
         px = X[idx].float()
         hidden, coarse = agents.slice.coarse(P[idx].float(), px)
@@ -402,7 +447,8 @@ def train_slice_agents(agents, train, feats, minutes, batch=32, lr=2e-3, label="
         step += 1
         if step % 50 == 0:
             print(
-                f"{label} slice step {step} {time.time() - started:.0f}s seg {seg_loss.item():.3f} rec {rec_loss.item():.3f}",
+                f"{label} slice step {step} {time.time() - started:.0f}s seg {seg_loss.item():.3f} rec {rec_loss.item():.3f}"
+                + (f" hard negatives {len(hard)}" if hard_negatives else ""),
                 flush=True,
             )
     return step
@@ -571,7 +617,7 @@ def train_retrieval(agents, train, stats, val, val_stats, minutes, batch=32, lr=
 def train_agents(
     agents, train, feats, val, val_feats, slice_minutes, condition_minutes, study_minutes, label="", earlier=None,
     slice_continue=False, retrieval_minutes=2, stats_cache=None, prior_shrink=PRIOR_SHRINK,
-    lesion_cap=LESION_WEIGHT_CAP,
+    lesion_cap=LESION_WEIGHT_CAP, hard_negatives=False,
 ):
     """Stage A, then B1 and B2. `earlier`: an earlier run's agents (same
     features) whose slice agents are taken instead of stage A (or, with
@@ -585,9 +631,14 @@ def train_agents(
         s1 = 0
         print(f"{label}: slice agents, pooling and retrieval taken from an earlier run ({len(taken)} tensors)", flush=True)
         if slice_continue:
-            s1 = train_slice_agents(agents, train, feats, slice_minutes, lr=1e-3, label=label, lesion_cap=lesion_cap)
+            s1 = train_slice_agents(
+                agents, train, feats, slice_minutes, lr=1e-3, label=label, lesion_cap=lesion_cap,
+                hard_negatives=hard_negatives,
+            )  # fmt: skip
     else:
-        s1 = train_slice_agents(agents, train, feats, slice_minutes, label=label, lesion_cap=lesion_cap)
+        s1 = train_slice_agents(
+            agents, train, feats, slice_minutes, label=label, lesion_cap=lesion_cap, hard_negatives=hard_negatives
+        )
     started = time.time()
     # Stats depend on the slice agents only: with stage A skipped they can
     # come from an earlier run on the same slice agents (`stats_cache`).
@@ -657,6 +708,10 @@ def main():
         "--lesion-weight-cap", type=float, default=LESION_WEIGHT_CAP,
         help="cap of the lesion classes' cross-entropy weights in stage A (30 up to 0.7.0)",
     )
+    ap.add_argument(
+        "--hard-negatives", action="store_true",
+        help="stage A draws a quarter of every batch from slices where the lesion head fires without a lesion (0.9.0)",
+    )
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -713,7 +768,7 @@ def main():
         args.slice_minutes, args.condition_minutes, args.study_minutes, label="agents",
         earlier=earlier["agents"] if earlier else None, slice_continue=args.slice_continue,
         retrieval_minutes=args.retrieval_minutes, stats_cache=stats_file("agents"), prior_shrink=args.prior_shrink,
-        lesion_cap=args.lesion_weight_cap,
+        lesion_cap=args.lesion_weight_cap, hard_negatives=args.hard_negatives,
     )  # fmt: skip
     agents_ablation = Agents()
     # A checkpoint restored from a bundle has no ablation agents: the
@@ -736,7 +791,7 @@ def main():
             pick(args.ablation_study_minutes, args.study_minutes),
             label="ablation", earlier=ablation_start, slice_continue=args.slice_continue or args.ablation_slice_continue,
             retrieval_minutes=args.retrieval_minutes, stats_cache=stats_file("ablation"),
-            prior_shrink=args.prior_shrink, lesion_cap=args.lesion_weight_cap,
+            prior_shrink=args.prior_shrink, lesion_cap=args.lesion_weight_cap, hard_negatives=args.hard_negatives,
         )  # fmt: skip
     if earlier:  # stage A and B2 start from the earlier run's weights: their steps add up
         pairs = [(steps, earlier["steps"]["agents"])]
