@@ -350,6 +350,11 @@ CROP = 64  # side of the full-resolution region trained per step
 LESION_WEIGHT_CAP = 10.0
 
 
+def coarse_labels(t):
+    """Labels at 128 x 128 [B,H,W] -> at the coarse logits' 64 x 64."""
+    return t[:, ::2, ::2]
+
+
 # Hard negatives (`--hard-negatives`, from 0.9.0): every HARD_EVERY steps
 # stage A runs the lesion head on HARD_CANDIDATES random slices and keeps
 # the HARD_TOP with the most cells it marks as lesion where the truth has
@@ -365,13 +370,14 @@ HARD_EVERY, HARD_CANDIDATES, HARD_TOP, HARD_POOL = 10, 128, 16, 256
 def mine_false_lesions(agents, P, X, LE, pool):
     """`pool` plus the HARD_TOP random candidates on which the lesion head
     calls the most cells lesion (probability above 0.5) that the truth at
-    64 x 64 does not; each slice once, the newest HARD_POOL kept."""
+    64 x 64 does not, the newest HARD_POOL kept. Candidates are drawn with
+    replacement, so a slice drawn twice in one round can enter twice."""
     cand = torch.randint(len(P), (HARD_CANDIDATES,))
     counts = []
     for c in cand.split(32):
         _, coarse = agents.slice.coarse(P[c].float(), X[c].float())
         lesion_p = agents.slice.split_seg(coarse)[1].softmax(dim=1)[:, 1:].sum(dim=1)
-        counts.append(((lesion_p > 0.5) & (LE[c][:, ::2, ::2] == 0)).flatten(1).sum(dim=1))
+        counts.append(((lesion_p > 0.5) & (coarse_labels(LE[c]) == 0)).flatten(1).sum(dim=1))
     counts = torch.cat(counts)
     top = counts.argsort(descending=True)[:HARD_TOP]
     new = cand[top[counts[top] > 0]]
@@ -433,8 +439,9 @@ def train_slice_agents(
         a_t, le_t, lv_t = A[idx].long(), LE[idx].long(), LV[idx].long()
         px = X[idx].float()
         hidden, coarse = agents.slice.coarse(P[idx].float(), px)
-        half = lambda t: t[:, ::2, ::2]  # noqa: E731
-        seg_loss = segmentation_loss(agents, coarse, half(a_t), half(le_t), half(lv_t), wa, wl)
+        seg_loss = segmentation_loss(
+            agents, coarse, coarse_labels(a_t), coarse_labels(le_t), coarse_labels(lv_t), wa, wl
+        )
         if full:
             y0, x0 = (2 * int(v) for v in torch.randint((side - CROP) // 2 + 1, (2,)))
             fine = agents.slice.refine_region(hidden, coarse, px, y0, x0, CROP)
