@@ -28,7 +28,7 @@ from spinefm.model import GRID, SeriesPool, Synthesizer
 from spinefm.pipeline import combine, load_agents, study_series_stats
 from train_agents import as_float, features, load_encoder, usable_entries
 
-SLOT_PARTS = ["mean up", "peak up", "mean low", "peak low", "min", "max", "disc"]
+SLOT_PARTS = ["mean up", "peak up", "mean low", "peak low", "min", "max", "disc", "contrast"]
 
 
 def load(study: Path, prep: Path, binary: Path):

@@ -25,7 +25,7 @@ from spinefm.model import GRID, IMAGE, WIDTH, Encoder, SeriesPool, SliceAgents, 
 from spinefm.pipeline import Agents, load_agents
 from train_agents import as_float, load_encoder
 
-VERSION = "0.9.0"
+VERSION = "0.10.0"
 
 
 def fold_channels(encoder):

@@ -28,6 +28,10 @@ def main():
     ap.add_argument("--binary", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--held-out-vendor", default="canon")
+    ap.add_argument(
+        "--prep", type=Path, help="where the preprocessed studies go (default: prep beside --out; another dataset in "
+        "the same work directory needs its own, its study names repeat)",
+    )
     args = ap.parse_args()
 
     manifest = args.dataset / "manifest.json"
@@ -36,7 +40,7 @@ def main():
     if manifest.exists():
         for s in json.loads(manifest.read_text())["studies"]:
             splits[s["dir"] if "dir" in s else f"study_{s['index']:05d}"] = s["split"]
-    prep_root = args.out.parent / "prep"
+    prep_root = args.prep or args.out.parent / "prep"
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda s: data.preprocess_study(args.binary, s, prep_root / s.name), studies))
     cache = {"train": [], "validation": [], "test": [], "test_heldout_vendor": []}

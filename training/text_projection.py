@@ -11,7 +11,7 @@ Recall@k in EVALUATION.md means nothing. This fits it to the frozen patient
 retrieval embeddings, keeping the state with the best validation Recall@5.
 
     python training/text_projection.py --work W --agents agents_v8.pt \
-        --stats W/stats_xref/agents.pt.agents.stats.pt --minutes 2 --out agents_v8t.pt
+        --stats-cache W/stats_xref --minutes 2 --out agents_v8t.pt
 """
 
 import argparse
@@ -24,7 +24,14 @@ import torch
 
 from spinefm.model import clip_loss
 from spinefm.pipeline import combine, load_agents
-from train_agents import attach_pixels, attach_placements, load_placements, retrieval_recall, study_stats
+from train_agents import (
+    attach_pixels,
+    attach_placements,
+    load_placements,
+    retrieval_recall,
+    stats_cache_file,
+    study_stats,
+)
 
 
 def series_stats(agents, cache, checkpoint):
@@ -45,9 +52,9 @@ def main():
     ap.add_argument("--work", required=True)
     ap.add_argument("--agents", required=True, help="checkpoint in WORK")
     ap.add_argument(
-        "--stats", required=True,
-        help="train_agents.py --stats-cache file of these slice agents; computed and written there when missing "
-        "(stage A ran in the same train_agents.py call, so no cache was written)",
+        "--stats-cache", required=True,
+        help="train_agents.py --stats-cache directory (same features); these slice agents' stats are computed and "
+        "written there when missing (stage A ran in the same train_agents.py call, so no cache was written)",
     )
     ap.add_argument("--minutes", type=float, default=2)
     ap.add_argument("--out", required=True, help="checkpoint written in WORK (features linked)")
@@ -60,11 +67,11 @@ def main():
     cache = torch.load(os.path.join(args.work, "cache.pt"), weights_only=False)
     agents = load_agents(ck["agents"])
     agents.eval()
-    if not os.path.exists(args.stats):
+    stats_file = stats_cache_file(args.stats_cache, ck["agents"], "agents")
+    if not os.path.exists(stats_file):
         stats, val_stats = series_stats(agents, cache, os.path.join(args.work, args.agents))
-        os.makedirs(os.path.dirname(os.path.abspath(args.stats)), exist_ok=True)
-        torch.save((stats, val_stats), args.stats)
-    stats, val_stats = torch.load(args.stats, weights_only=False)
+        torch.save((stats, val_stats), stats_file)
+    stats, val_stats = torch.load(stats_file, weights_only=False)
 
     def images(all_stats):
         with torch.no_grad():

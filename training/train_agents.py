@@ -22,6 +22,7 @@ the two frozen pre-trained encoders.
 """
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -483,7 +484,7 @@ def train_condition_agents(
     on precomputed slot sums: milliseconds per step, so tens of thousands
     of study samples fit in minutes. Checked on validation every 100 steps,
     each part keeps its own best state (B1_PARTS): the presence model
-    (linear, 35 weights per condition) the one with the lowest validation
+    (linear, 40 weights per condition) the one with the lowest validation
     presence loss, the side model of lateral conditions (linear) the one
     with the lowest validation loss of those sides, the MLP (other sides,
     severity, graded task) the one with the lowest validation loss of
@@ -621,6 +622,22 @@ def train_retrieval(agents, train, stats, val, val_stats, minutes, batch=32, lr=
     return step
 
 
+def stats_cache_file(directory, agents_state, label):
+    """Where the series stats of the slice agents in `agents_state` (an
+    agents state dict) on `label`'s features ("agents" or "ablation") are
+    cached in `directory` (one directory per feature set). Named by a
+    digest of the slice agents' weights, so every checkpoint that holds
+    them (a B1-only rerun, text_projection.py, the checkpoint after it)
+    finds them; named after the checkpoint file up to 0.9.0, whose recipe
+    needed a link per new name."""
+    digest = hashlib.sha256()
+    for name in sorted(k for k in agents_state if k.startswith("slice.")):
+        digest.update(name.encode())
+        digest.update(agents_state[name].detach().cpu().contiguous().numpy().tobytes())
+    os.makedirs(directory, exist_ok=True)
+    return os.path.join(directory, f"slice-{digest.hexdigest()[:16]}.{label}.stats.pt")
+
+
 def train_agents(
     agents, train, feats, val, val_feats, slice_minutes, condition_minutes, study_minutes, label="", earlier=None,
     slice_continue=False, retrieval_minutes=2, stats_cache=None, prior_shrink=PRIOR_SHRINK,
@@ -704,8 +721,9 @@ def main():
     ap.add_argument(
         "--stats-cache",
         help="with --slice-from and no stage A: a directory for the series stats of those slice agents "
-        "(computed once, about 6 minutes each for the agents and the ablation; a file per --slice-from; "
-        "delete it when SeriesPool.level_stats changes)",
+        "(computed once, about 10 minutes each for the agents and the ablation on 2 cores; one directory per "
+        "feature set, a file per slice agents named by a digest of their weights; delete it when "
+        "SeriesPool.level_stats changes)",
     )
     ap.add_argument(
         "--prior-shrink", type=float, default=PRIOR_SHRINK,
@@ -763,18 +781,17 @@ def main():
     pick = lambda a, b: a if a is not None else b  # noqa: E731
     earlier = torch.load(args.slice_from, weights_only=False) if args.slice_from else None
 
-    def stats_file(label):
-        """The stats cache of `label`'s slice agents (those of --slice-from)."""
-        if not (args.stats_cache and args.slice_from):
+    def stats_file(label, state):
+        """The stats cache of the slice agents in `state` (--slice-from's) on `label`'s features."""
+        if not (args.stats_cache and state is not None):
             return None
-        os.makedirs(args.stats_cache, exist_ok=True)
-        return os.path.join(args.stats_cache, f"{os.path.basename(args.slice_from)}.{label}.stats.pt")
+        return stats_cache_file(args.stats_cache, state, label)
     agents = Agents()
     steps = train_agents(
         agents, cache["train"], feats["train"], cache["validation"], feats["validation"],
         args.slice_minutes, args.condition_minutes, args.study_minutes, label="agents",
         earlier=earlier["agents"] if earlier else None, slice_continue=args.slice_continue,
-        retrieval_minutes=args.retrieval_minutes, stats_cache=stats_file("agents"), prior_shrink=args.prior_shrink,
+        retrieval_minutes=args.retrieval_minutes, stats_cache=stats_file("agents", earlier["agents"] if earlier else None), prior_shrink=args.prior_shrink,
         lesion_cap=args.lesion_weight_cap, hard_negatives=args.hard_negatives,
     )  # fmt: skip
     agents_ablation = Agents()
@@ -797,7 +814,7 @@ def main():
             pick(args.ablation_condition_minutes, args.condition_minutes),
             pick(args.ablation_study_minutes, args.study_minutes),
             label="ablation", earlier=ablation_start, slice_continue=args.slice_continue or args.ablation_slice_continue,
-            retrieval_minutes=args.retrieval_minutes, stats_cache=stats_file("ablation"),
+            retrieval_minutes=args.retrieval_minutes, stats_cache=stats_file("ablation", ablation_start),
             prior_shrink=args.prior_shrink, lesion_cap=args.lesion_weight_cap, hard_negatives=args.hard_negatives,
         )  # fmt: skip
     if earlier:  # stage A and B2 start from the earlier run's weights: their steps add up
