@@ -30,7 +30,7 @@ import torch
 from onnx import numpy_helper
 
 from spinefm.model import Encoder, Synthesizer
-from spinefm.pipeline import Agents
+from spinefm.pipeline import Agents, has_contrast
 from export import ConditionsExport, PatientExport, SeriesPoolExport, SliceAgentsExport
 
 
@@ -123,6 +123,7 @@ def main():
     agents = Agents(
         full_res=any(k.startswith("a.refine.") for k in slice_named),
         condition_retrieval=any(k.startswith("retrieval.") for k in conditions_named),
+        contrast=has_contrast(np.array(conditions_named["a.evidence_weight"]).shape),
     )
     parts = [
         ("slice_agents", agents.slice, SliceAgentsExport),

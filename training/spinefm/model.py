@@ -453,11 +453,14 @@ class ConditionAgents(nn.Module):
     in-vendor); the linear evidence term has 40 weights per condition.
     """
 
-    EVIDENCE_FEATURES = 8
     SIDE_FEATURES = 2  # across the image, across the slices (per slot)
 
-    def __init__(self, dim=WIDTH, hidden=192, dropout=0.5):
+    def __init__(self, dim=WIDTH, hidden=192, dropout=0.5, contrast=True):
         super().__init__()
+        # `contrast`: the eighth evidence feature (training default; bundles
+        # up to 0.9.0 and their checkpoints have seven).
+        self.use_contrast = contrast
+        self.EVIDENCE_FEATURES = 8 if contrast else 7
         slots = len(L.SLOTS)
         self.position = nn.Parameter(torch.zeros(len(L.POSITIONS), hidden))
         self.drop = nn.Dropout(dropout)
@@ -493,8 +496,8 @@ class ConditionAgents(nn.Module):
         """up, lo [B,P,SLOTS,D] -> [B,P,C,8*SLOTS] evidence of each condition's
         lesion class: mean and peak at the upper and lower vertebra, their
         minimum and maximum, the peak at the disc below the upper one
-        (a disc position's own disc), and how far the position's own peak
-        stands above its neighbours' (`contrast`)."""
+        (a disc position's own disc), and with `use_contrast` how far the
+        position's own peak stands above its neighbours' (`contrast`)."""
         e, les = SeriesPool.EVIDENCE, len(L.LESION)
         off = up.shape[-1] - e
 
@@ -502,9 +505,10 @@ class ConditionAgents(nn.Module):
             return torch.log(x[..., off + part * les + self.lesion_of].clamp(min=0) + 1e-3)
 
         um, up_, lm, lp, disc = pick(up, 0), pick(up, 1), pick(lo, 0), pick(lo, 1), pick(up, 2)
-        contrast = self.contrast(torch.where(self.is_disc > 0, disc, up_))
-        f = torch.stack([um, up_, lm, lp, torch.minimum(up_, lp), torch.maximum(up_, lp), disc, contrast], dim=-1)
-        return f.permute(0, 1, 3, 2, 4).flatten(3)  # [B,P,C,8*SLOTS]
+        parts = [um, up_, lm, lp, torch.minimum(up_, lp), torch.maximum(up_, lp), disc]
+        if self.use_contrast:
+            parts.append(self.contrast(torch.where(self.is_disc > 0, disc, up_)))
+        return torch.stack(parts, dim=-1).permute(0, 1, 3, 2, 4).flatten(3)  # [B,P,C,8*SLOTS]
 
     @staticmethod
     def contrast(own):

@@ -19,12 +19,12 @@ class Agents(nn.Module):
     condition agents' answers (with its own text projection) beside the
     patient embedding's. Bundles up to 0.4.x have neither."""
 
-    def __init__(self, full_res=True, condition_retrieval=True):
+    def __init__(self, full_res=True, condition_retrieval=True, contrast=True):
         super().__init__()
         self.slice = SliceAgents(full_res=full_res)
         self.series = SeriesPool()
         self.patient = PatientModel()
-        self.conditions = ConditionAgents()
+        self.conditions = ConditionAgents(contrast=contrast)
         self.text = TextProjection()
         self.logit_scale = nn.Parameter(torch.tensor(np.log(1 / 0.07), dtype=torch.float32))
         if condition_retrieval:
@@ -123,6 +123,12 @@ def run_study(agents: Agents, items):
     return per_item, out
 
 
+def has_contrast(evidence_weight_shape):
+    """Whether condition agents with this evidence weight shape [C, F * SLOTS]
+    read the contrast feature (eight features per slot; seven up to 0.9.0)."""
+    return evidence_weight_shape[-1] == 8 * len(L.SLOTS)
+
+
 def load_agents(state):
     """Agents from a checkpoint's state dict (strict: the architecture and
     the checkpoint must match; a checkpoint without the full-resolution
@@ -130,6 +136,7 @@ def load_agents(state):
     agents = Agents(
         full_res=any(k.startswith("slice.refine.") for k in state),
         condition_retrieval=any(k.startswith("retrieval.") for k in state),
+        contrast=has_contrast(state["conditions.evidence_weight"].shape),
     )
     agents.load_state_dict(state)
     return agents
