@@ -33,10 +33,9 @@ import torch
 
 from spinefm import labels as L
 from spinefm.data import covered_positions, finding_targets
-from spinefm.model import Synthesizer
 from spinefm.pipeline import load_agents
 from evaluate import predict
-from train_agents import attach_pixels, attach_placements, features, load_encoder, load_placements
+from train_agents import attach_pixels, attach_placements, checkpoint_encoders, features, load_placements
 
 
 PRECISION_FLOOR = 0.3
@@ -77,9 +76,7 @@ def calibration_rows(agents, ck, cache_path: Path, prep: Path):
     encoders and synthesizer (about 2 s a study on 2 cores)."""
     cache = torch.load(cache_path, weights_only=False)
     studies = [st for split, sts in cache.items() if split != "test_heldout_vendor" for st in sts]
-    t1, t2 = load_encoder(ck["t1"]), load_encoder(ck["t2"])
-    synth = Synthesizer(t1, t2)
-    synth.weights.data.copy_(ck["synthesizer"])
+    t1, t2, synth = checkpoint_encoders(ck)
     feats = [features(t1, t2, synth, st)[0] for st in studies]
     attach_pixels(studies, feats)
     attach_placements(studies, feats, load_placements({"calibration": studies}, str(prep)))

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 
 from spinefm import labels as L
 from spinefm.data import RESIZE
-from spinefm.model import GRID, IMAGE, WIDTH, Encoder, SeriesPool, SliceAgents, Synthesizer, flops_per_slice
+from spinefm.model import GRID, IMAGE, WIDTH, Encoder, SeriesPool, SliceAgents, flops_per_slice
 from spinefm.pipeline import Agents, load_agents
-from train_agents import as_float, load_encoder
+from train_agents import as_float, checkpoint_encoders
 
 VERSION = "0.10.0"
 
@@ -258,10 +258,8 @@ def main():
 
     ck = torch.load(w / args.agents, weights_only=False)
     # The encoders the agents were trained on (paths recorded in the checkpoint).
-    t1, t2 = load_encoder(ck["t1"]), load_encoder(ck["t2"])
+    t1, t2, synth = checkpoint_encoders(ck)
     fold_channels(t1), fold_channels(t2)
-    synth = Synthesizer(t1, t2)
-    synth.weights.data.copy_(ck["synthesizer"])
     agents = load_agents(ck["agents"])
     agents.eval()
 

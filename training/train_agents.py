@@ -47,6 +47,15 @@ def load_encoder(path):
     return e
 
 
+def checkpoint_encoders(ck):
+    """The frozen encoders a checkpoint's agents were trained on (the paths
+    it recorded) and its synthesizer over them."""
+    t1, t2 = load_encoder(ck["t1"]), load_encoder(ck["t2"])
+    synth = Synthesizer(t1, t2)
+    synth.weights.data.copy_(ck["synthesizer"])
+    return t1, t2, synth
+
+
 def family_onehot(family, n):
     v = torch.zeros(n, len(L.SYNTH_FAMILIES))
     v[:, L.SYNTH_FAMILIES.index(family)] = 1

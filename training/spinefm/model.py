@@ -442,7 +442,7 @@ class ConditionAgents(nn.Module):
     below the position, their minimum and maximum, per slot: a disc's lesion
     straddles the two vertebrae's level labels, so "both" marks the disc and
     "one" its neighbour; from 0.6.0 the peak at the position's own disc;
-    from 0.10.0 how far the position's own peak stands above its
+    in training from the 0.10.0 candidate, how far the position's own peak stands above its
     neighbours'), plus a learned prior per position and condition. Side,
     severity and the graded task come from an MLP over all the features
     (dropout on its input), except the side of conditions whose lesion has
@@ -493,7 +493,7 @@ class ConditionAgents(nn.Module):
         self.side_bias = nn.Parameter(torch.zeros(len(L.CONDITIONS), 3))
 
     def evidence(self, up, lo):
-        """up, lo [B,P,SLOTS,D] -> [B,P,C,8*SLOTS] evidence of each condition's
+        """up, lo [B,P,SLOTS,D] -> [B,P,C,EVIDENCE_FEATURES*SLOTS] evidence of each condition's
         lesion class: mean and peak at the upper and lower vertebra, their
         minimum and maximum, the peak at the disc below the upper one
         (a disc position's own disc), and with `use_contrast` how far the
@@ -508,19 +508,19 @@ class ConditionAgents(nn.Module):
         parts = [um, up_, lm, lp, torch.minimum(up_, lp), torch.maximum(up_, lp), disc]
         if self.use_contrast:
             parts.append(self.contrast(torch.where(self.is_disc > 0, disc, up_)))
-        return torch.stack(parts, dim=-1).permute(0, 1, 3, 2, 4).flatten(3)  # [B,P,C,8*SLOTS]
+        return torch.stack(parts, dim=-1).permute(0, 1, 3, 2, 4).flatten(3)  # [B,P,C,FEATURES*SLOTS]
 
     @staticmethod
     def contrast(own):
         """own [B,P,SLOTS,C] log peak of each position's own structure (a
         disc's at the disc, a vertebra's in it) -> that peak minus the
         larger of the neighbouring positions' of the same kind (two
-        positions away: the disc or vertebra above and below). From 0.10.0:
-        a fragment behind the L5 body lies in the level labels of L5, so
+        positions away: the disc or vertebra above and below). Added for
+        the 0.10.0 candidate (training/README.md, not shipped): a fragment behind the L5 body lies in the level labels of L5, so
         the vertebra peaks count it for L4-L5 and L5-S1 alike; only the
         disc it came from tells the two apart, and as one of seven
-        features of equal weight that did not (strict test, seed 880001:
-        0.51 at L4-L5 against 0.54 at L5-S1)."""
+        features of equal weight it did not (strict test, seed 880001:
+        0.51 at L4-L5 against 0.54 at L5-S1; 0.48 against 0.44 with it)."""
         floor = torch.full_like(own[:, :2], math.log(1e-3))
         padded = torch.cat([floor, own, floor], dim=1)
         return own - torch.maximum(padded[:, :-4], padded[:, 4:])
