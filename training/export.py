@@ -25,7 +25,7 @@ from spinefm.model import GRID, IMAGE, WIDTH, Encoder, SeriesPool, SliceAgents, 
 from spinefm.pipeline import Agents, load_agents
 from train_agents import as_float, checkpoint_encoders
 
-VERSION = "0.10.0"
+VERSION = "0.11.0"
 
 
 def fold_channels(encoder):

@@ -649,14 +649,17 @@ def stats_cache_file(directory, agents_state, label):
 
 def train_agents(
     agents, train, feats, val, val_feats, slice_minutes, condition_minutes, study_minutes, label="", earlier=None,
-    slice_continue=False, retrieval_minutes=2, stats_cache=None, prior_shrink=PRIOR_SHRINK,
-    lesion_cap=LESION_WEIGHT_CAP, hard_negatives=False,
+    slice_continue=False, retrieval_minutes=2, stats_dir=None, prior_shrink=PRIOR_SHRINK,
+    lesion_cap=LESION_WEIGHT_CAP, hard_negatives=False, slice_extra=((), ()),
 ):
     """Stage A, then B1 and B2. `earlier`: an earlier run's agents (same
     features) whose slice agents are taken instead of stage A (or, with
     `slice_continue`, are where stage A starts), and whose pooling, patient
     and retrieval weights are the start of B2 (kept as they are with
-    `study_minutes` 0)."""
+    `study_minutes` 0). `slice_extra`: (studies, their features) that stage
+    A trains on besides `train`; the later stages see `train` alone."""
+    slice_train = list(train) + list(slice_extra[0])
+    slice_feats = list(feats) + list(slice_extra[1])
     if earlier is not None:
         own = agents.state_dict()
         taken = {k: v for k, v in earlier.items() if k in own and own[k].shape == v.shape and not k.startswith("conditions.")}
@@ -665,23 +668,26 @@ def train_agents(
         print(f"{label}: slice agents, pooling and retrieval taken from an earlier run ({len(taken)} tensors)", flush=True)
         if slice_continue:
             s1 = train_slice_agents(
-                agents, train, feats, slice_minutes, lr=1e-3, label=label, lesion_cap=lesion_cap,
+                agents, slice_train, slice_feats, slice_minutes, lr=1e-3, label=label, lesion_cap=lesion_cap,
                 hard_negatives=hard_negatives,
             )  # fmt: skip
     else:
         s1 = train_slice_agents(
-            agents, train, feats, slice_minutes, label=label, lesion_cap=lesion_cap, hard_negatives=hard_negatives
+            agents, slice_train, slice_feats, slice_minutes, label=label, lesion_cap=lesion_cap,
+            hard_negatives=hard_negatives,
         )
     started = time.time()
-    # Stats depend on the slice agents only: with stage A skipped they can
-    # come from an earlier run on the same slice agents (`stats_cache`).
-    cached = stats_cache and s1 == 0 and os.path.exists(stats_cache)
+    # Stats depend on the slice agents only: cached in `stats_dir` under a
+    # digest of their weights, so a later run on the same slice agents (a
+    # B1-only rerun, text_projection.py) reads them.
+    stats_cache = stats_dir and stats_cache_file(stats_dir, agents.state_dict(), label)
+    cached = stats_cache and os.path.exists(stats_cache)
     if cached:
         stats, val_stats = torch.load(stats_cache, weights_only=False)
     else:
         stats = study_stats(agents, train, feats)
         val_stats = study_stats(agents, val, val_feats)
-        if stats_cache and s1 == 0:
+        if stats_cache:
             torch.save((stats, val_stats), stats_cache)
     print(f"{label} series stats in {time.time() - started:.0f}s{' (cached)' if cached else ''}", flush=True)
     s2 = train_condition_agents(agents, train, stats, val, val_stats, condition_minutes, label=label, prior_shrink=prior_shrink)
@@ -729,10 +735,9 @@ def main():
     )
     ap.add_argument(
         "--stats-cache",
-        help="with --slice-from and no stage A: a directory for the series stats of those slice agents "
-        "(computed once, about 10 minutes each for the agents and the ablation on 2 cores; one directory per "
-        "feature set, a file per slice agents named by a digest of their weights; delete it when "
-        "SeriesPool.level_stats changes)",
+        help="a directory for the series stats of the slice agents after stage A (computed once, about 10 "
+        "minutes each for the agents and the ablation on 2 cores; one directory per feature set, a file per slice "
+        "agents named by a digest of their weights; delete it when SeriesPool.level_stats changes)",
     )
     ap.add_argument(
         "--prior-shrink", type=float, default=PRIOR_SHRINK,
@@ -745,6 +750,16 @@ def main():
     ap.add_argument(
         "--hard-negatives", action="store_true",
         help="stage A draws a quarter of every batch from slices where the lesion head fires without a lesion (0.9.0)",
+    )
+    ap.add_argument(
+        "--slice-extra",
+        help="a cache of more phantom studies (prepare.py, another dataset seed) whose slices join stage A's for the "
+        "agents (not the ablation; not B1, B2, B3, whose priors follow the main dataset's prevalence); its held-out "
+        "vendor studies are left out, so the cross-vendor numbers stay cross-vendor",
+    )
+    ap.add_argument(
+        "--no-contrast", action="store_true",
+        help="condition agents without the contrast feature (seven evidence features per slot, as up to 0.9.0)",
     )
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
@@ -787,23 +802,25 @@ def main():
         attach_pixels(cache[split], ablation[split])
         attach_placements(cache[split], feats[split], placements)
         attach_placements(cache[split], ablation[split], placements)
+    extra, extra_feats = [], []
+    if args.slice_extra:
+        started = time.time()
+        extra_cache = torch.load(args.slice_extra, weights_only=False)
+        extra = [st for split, studies in extra_cache.items() if split != "test_heldout_vendor" for st in studies]
+        extra_feats = attach_pixels(extra, [features(t1, t2, synth, st)[0] for st in extra])
+        print(f"{len(extra)} extra studies for stage A, features in {time.time() - started:.0f}s", flush=True)
     pick = lambda a, b: a if a is not None else b  # noqa: E731
     earlier = torch.load(args.slice_from, weights_only=False) if args.slice_from else None
 
-    def stats_file(label, state):
-        """The stats cache of the slice agents in `state` (--slice-from's) on `label`'s features."""
-        if not (args.stats_cache and state is not None):
-            return None
-        return stats_cache_file(args.stats_cache, state, label)
-    agents = Agents()
+    agents = Agents(contrast=not args.no_contrast)
     steps = train_agents(
         agents, cache["train"], feats["train"], cache["validation"], feats["validation"],
         args.slice_minutes, args.condition_minutes, args.study_minutes, label="agents",
         earlier=earlier["agents"] if earlier else None, slice_continue=args.slice_continue,
-        retrieval_minutes=args.retrieval_minutes, stats_cache=stats_file("agents", earlier["agents"] if earlier else None), prior_shrink=args.prior_shrink,
-        lesion_cap=args.lesion_weight_cap, hard_negatives=args.hard_negatives,
+        retrieval_minutes=args.retrieval_minutes, stats_dir=args.stats_cache, prior_shrink=args.prior_shrink,
+        lesion_cap=args.lesion_weight_cap, hard_negatives=args.hard_negatives, slice_extra=(extra, extra_feats),
     )  # fmt: skip
-    agents_ablation = Agents()
+    agents_ablation = Agents(contrast=not args.no_contrast)
     # A checkpoint restored from a bundle has no ablation agents: the
     # ablation then starts from the same agents as the main run, so the two
     # differ only in how other sequences are encoded.
@@ -823,7 +840,7 @@ def main():
             pick(args.ablation_condition_minutes, args.condition_minutes),
             pick(args.ablation_study_minutes, args.study_minutes),
             label="ablation", earlier=ablation_start, slice_continue=args.slice_continue or args.ablation_slice_continue,
-            retrieval_minutes=args.retrieval_minutes, stats_cache=stats_file("ablation", ablation_start),
+            retrieval_minutes=args.retrieval_minutes, stats_dir=args.stats_cache,
             prior_shrink=args.prior_shrink, lesion_cap=args.lesion_weight_cap, hard_negatives=args.hard_negatives,
         )  # fmt: skip
     if earlier:  # stage A and B2 start from the earlier run's weights: their steps add up
