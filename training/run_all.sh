@@ -24,7 +24,7 @@ BIN=$PWD/target/release/spineagent
 # for the reporting thresholds (calibrate.py --calibration).
 [[ -f "$WORK/extra_ds/manifest.json" ]] ||
   "$BIN" phantom dataset --count 160 --seed 5005 --prevalence herniation=0.9 --out "$WORK/extra_ds"
-[[ -f "$WORK/calib_ds/manifest.json" ]] || "$BIN" phantom dataset --count 72 --seed 3003 --out "$WORK/calib_ds"
+[[ -f "$WORK/calib_ds/manifest.json" ]] || "$BIN" phantom dataset --count 272 --seed 3003 --out "$WORK/calib_ds"
 cd training
 "$PY" prepare.py --dataset "../$WORK/ds" --binary "$BIN" --out "../$WORK/cache.pt"
 "$PY" prepare.py --dataset "../$WORK/extra_ds" --binary "$BIN" --out "../$WORK/extra.pt" --prep "../$WORK/extra_prep"
