@@ -35,7 +35,7 @@ from spinefm import labels as L
 from spinefm.data import covered_positions, finding_targets
 from spinefm.pipeline import load_agents
 from evaluate import predict
-from train_agents import attach_pixels, attach_placements, checkpoint_encoders, features, load_placements
+from train_agents import attach_pixels, attach_placements, checkpoint_encoders, in_vendor_studies, load_placements
 
 
 PRECISION_FLOOR = 0.3
@@ -74,11 +74,7 @@ def calibration_rows(agents, ck, cache_path: Path, prep: Path):
     --prep): its studies of the vendor styles the agents trained on (the
     held-out style stays unseen), features from the checkpoint's own
     encoders and synthesizer (about 2 s a study on 2 cores)."""
-    cache = torch.load(cache_path, weights_only=False)
-    studies = [st for split, sts in cache.items() if split != "test_heldout_vendor" for st in sts]
-    t1, t2, synth = checkpoint_encoders(ck)
-    feats = [features(t1, t2, synth, st)[0] for st in studies]
-    attach_pixels(studies, feats)
+    studies, feats = in_vendor_studies(cache_path, *checkpoint_encoders(ck))
     attach_placements(studies, feats, load_placements({"calibration": studies}, str(prep)))
     return predict(agents, studies, feats)
 

@@ -54,7 +54,7 @@ def main():
     ap.add_argument(
         "--stats-cache", required=True,
         help="train_agents.py --stats-cache directory (same features); these slice agents' stats are computed and "
-        "written there when missing (stage A ran in the same train_agents.py call, so no cache was written)",
+        "written there when missing (train_agents.py writes them there when it has --stats-cache)",
     )
     ap.add_argument("--minutes", type=float, default=2)
     ap.add_argument("--out", required=True, help="checkpoint written in WORK (features linked)")

@@ -158,6 +158,16 @@ def attach_pixels(studies, feats):
     return feats
 
 
+def in_vendor_studies(path, t1, t2, synth):
+    """The studies of a prepare.py cache (another dataset than the main
+    one) in the vendor styles the agents train on, its held-out vendor's
+    left out so the cross-vendor numbers stay cross-vendor, and their routed
+    features with the pixels attached (about 0.5 s a study on 2 cores)."""
+    cache = torch.load(path, weights_only=False)
+    studies = [st for split, sts in cache.items() if split != "test_heldout_vendor" for st in sts]
+    return studies, attach_pixels(studies, [features(t1, t2, synth, st)[0] for st in studies])
+
+
 def usable_entries(index, truth):
     """The entries of `spineagent preprocess`'s index.json that `load_study`
     keeps (series of a family and plane the agents know), in its order."""
@@ -805,9 +815,7 @@ def main():
     extra, extra_feats = [], []
     if args.slice_extra:
         started = time.time()
-        extra_cache = torch.load(args.slice_extra, weights_only=False)
-        extra = [st for split, studies in extra_cache.items() if split != "test_heldout_vendor" for st in studies]
-        extra_feats = attach_pixels(extra, [features(t1, t2, synth, st)[0] for st in extra])
+        extra, extra_feats = in_vendor_studies(args.slice_extra, t1, t2, synth)
         print(f"{len(extra)} extra studies for stage A, features in {time.time() - started:.0f}s", flush=True)
     pick = lambda a, b: a if a is not None else b  # noqa: E731
     earlier = torch.load(args.slice_from, weights_only=False) if args.slice_from else None
